@@ -1,0 +1,509 @@
+"""KunPayClient: validate a command, publish it with confirms, await or subscribe to outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import unquote, urlsplit
+
+import aio_pika
+import aiormq.exceptions
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from pydantic import ValidationError as PydanticValidationError
+
+from kunpay_sdk import topology
+from kunpay_sdk.contracts import (
+    CollectCommand,
+    Event,
+    RpcReply,
+    RpcRequest,
+    TransactionSnapshot,
+    check_correlation_id,
+    check_idempotency_key,
+    transaction_id_for,
+    utcnow,
+    validate_collect,
+)
+from kunpay_sdk.errors import (
+    BrokerError,
+    CommandNacked,
+    CommandUnroutable,
+    KunPayError,
+    KunPayTimeout,
+    OutcomeUnknown,
+    RemoteError,
+    TopologyMissing,
+    TransactionNotFound,
+)
+
+__all__ = ["Accepted", "KunPayClient"]
+
+log = logging.getLogger("kunpay_sdk")
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+@dataclass(frozen=True, slots=True)
+class _Ids:
+    transaction_id: uuid.UUID
+    command_id: uuid.UUID
+    idempotency_key: str
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "transaction_id": self.transaction_id,
+            "command_id": self.command_id,
+            "idempotency_key": self.idempotency_key,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The broker confirmed the command. The transaction id is known before anything settles."""
+
+    transaction_id: uuid.UUID
+    command_id: uuid.UUID
+    idempotency_key: str
+
+
+class _Delivery:
+    """Ack/nack bookkeeping for one event received through ``events()``."""
+
+    __slots__ = ("_message",)
+
+    def __init__(self, message: AbstractIncomingMessage) -> None:
+        self._message = message
+
+    @contextlib.asynccontextmanager
+    async def process(self, *, reraise: bool) -> AsyncIterator[None]:
+        try:
+            yield
+        except Exception:
+            log.exception("event handler failed; the event goes back to the queue")
+            # Bounded: the subscriber queue's x-delivery-limit moves the event to its
+            # dead-letter queue after that many deliveries.
+            await self._message.nack(requeue=True)
+            if reraise:
+                raise
+        else:
+            await self._message.ack()
+
+
+class KunPayClient:
+    """The app's handle on kunpay.
+
+    ::
+
+        async with await KunPayClient.connect("amqp://shop:secret@broker/") as client:
+            accepted = await client.collect(provider="MTN_CAMEROON", amount=Decimal("5000"),
+                currency="XAF", phone_number="670000000", order_id="order-42", user_id="u-1")
+            event = await client.wait(accepted.transaction_id, timeout=120)
+
+    The app's identity is its broker user: RabbitMQ checks the ``user_id`` the client stamps on
+    every command, and the worker scopes transactions to it.
+    """
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        *,
+        app: str,
+        sandbox: bool,
+        publish_timeout: float,
+        request_timeout: float,
+    ) -> None:
+        self.app = app
+        self.sandbox = sandbox
+        self.publish_timeout = publish_timeout
+        self.request_timeout = request_timeout
+        self._connection = connection
+        self._publish_channel: AbstractChannel | None = None
+        self._commands: AbstractExchange | None = None
+        self._rpc_channel: AbstractChannel | None = None
+        self._rpc_pending: dict[str, asyncio.Future[RpcReply]] = {}
+        self._waiters: dict[uuid.UUID, set[asyncio.Future[Event]]] = {}
+        self._outcome_queue: AbstractQueue | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        amqp_url: str,
+        *,
+        sandbox: bool = False,
+        publish_timeout: float = 10.0,
+        request_timeout: float = 10.0,
+    ) -> Self:
+        """Connect, check kunpay's topology, and bind this client's outcome queue.
+
+        ``sandbox=True`` also accepts MTN's sandbox test numbers and EUR.
+        """
+        app = topology.validate_app_name(unquote(urlsplit(amqp_url).username or "guest"))
+        connection = await aio_pika.connect_robust(amqp_url)
+        client = cls(
+            connection,
+            app=app,
+            sandbox=sandbox,
+            publish_timeout=publish_timeout,
+            request_timeout=request_timeout,
+        )
+        try:
+            await client._setup()
+        except BaseException:
+            await connection.close()
+            raise
+        return client
+
+    async def _setup(self) -> None:
+        try:
+            await topology.check(self._connection)
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            raise TopologyMissing(
+                f"kunpay's exchanges are not declared on this broker ({exc}); "
+                "start the worker or run `kunpay-worker migrate` first"
+            ) from exc
+
+        self._publish_channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        self._commands = await self._publish_channel.get_exchange(
+            topology.COMMANDS_EXCHANGE, ensure=False
+        )
+
+        # Replies come back on direct reply-to: consume it on the channel that publishes requests.
+        self._rpc_channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        reply_to = await self._rpc_channel.declare_queue(DIRECT_REPLY_TO, passive=True)
+        await reply_to.consume(self._on_rpc_reply, no_ack=True)
+
+        # Outcomes are bound before any publish, so wait() cannot miss an event of ours.
+        outcome_channel = await self._connection.channel(publisher_confirms=False)
+        await outcome_channel.set_qos(prefetch_count=256)
+        self._outcome_queue = await outcome_channel.declare_queue(
+            f"app.{self.app}.client.{uuid.uuid4().hex}", exclusive=True, auto_delete=True
+        )
+        outcomes = await outcome_channel.get_exchange(topology.OUTCOMES_EXCHANGE, ensure=False)
+        await self._outcome_queue.bind(outcomes, routing_key=f"{self.app}.#")
+        await self._outcome_queue.consume(self._on_outcome, no_ack=True)
+
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for futures in self._waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(KunPayError("client closed"))
+        for rpc in self._rpc_pending.values():
+            if not rpc.done():
+                rpc.set_exception(KunPayError("client closed"))
+        for task in self._background:
+            task.cancel()
+        await self._connection.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def collect(
+        self,
+        *,
+        provider: str,
+        amount: Decimal,
+        currency: str,
+        phone_number: str,
+        order_id: str,
+        user_id: str,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Accepted:
+        """Ask ``phone_number`` to pay ``amount``; returns once the broker confirmed the command.
+
+        Raises a ``ValidationError`` (a ``ValueError``) for bad input before anything is sent;
+        ``CommandNotAccepted`` when the broker refused it (safe to call again);
+        ``OutcomeUnknown`` on timeout or a lost connection: call again with
+        ``idempotency_key=err.idempotency_key``, which can never create a second transaction.
+        """
+        fields = validate_collect(
+            provider=provider,
+            amount=amount,
+            currency=currency,
+            phone_number=phone_number,
+            order_id=order_id,
+            user_id=user_id,
+            sandbox=self.sandbox,
+        )
+        key = (
+            str(uuid.uuid4()) if idempotency_key is None else check_idempotency_key(idempotency_key)
+        )
+        command = CollectCommand(
+            command_id=uuid.uuid4(),
+            transaction_id=transaction_id_for(self.app, "collect", key),
+            idempotency_key=key,
+            provider=fields.provider,
+            amount=fields.amount,
+            currency=fields.currency,
+            phone_number=fields.phone_number,
+            order_id=fields.order_id,
+            user_id=fields.user_id,
+            correlation_id=check_correlation_id(correlation_id),
+            issued_at=utcnow(),
+        )
+        await self._publish_command(command)
+        return Accepted(
+            transaction_id=command.transaction_id,
+            command_id=command.command_id,
+            idempotency_key=key,
+        )
+
+    async def _publish_command(self, command: CollectCommand) -> None:
+        if self._commands is None or self._closed:
+            raise BrokerError("client is not connected")
+        ids = _Ids(command.transaction_id, command.command_id, command.idempotency_key)
+        message = aio_pika.Message(
+            body=command.model_dump_json().encode(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=str(uuid.uuid4()),  # fresh per publish; the command id is in the body
+            user_id=self.app,
+            type=command.operation,
+            correlation_id=command.correlation_id,
+            timestamp=command.issued_at,
+            headers={
+                "schema_version": command.schema_version,
+                "operation": command.operation,
+                "command_id": str(command.command_id),
+                "transaction_id": str(command.transaction_id),
+                "idempotency_key": command.idempotency_key,
+            },
+        )
+        try:
+            await asyncio.wait_for(
+                self._commands.publish(message, routing_key=command.operation, mandatory=True),
+                self.publish_timeout,
+            )
+        except aiormq.exceptions.PublishError as exc:
+            raise CommandUnroutable(
+                f"no queue takes {command.operation} commands; is the worker's topology "
+                f"declared? ({exc})",
+                **ids.kwargs(),
+            ) from exc
+        except aiormq.exceptions.DeliveryError as exc:
+            raise CommandNacked(
+                f"the broker refused the command ({exc}); nothing was queued", **ids.kwargs()
+            ) from exc
+        except TimeoutError as exc:
+            raise OutcomeUnknown(
+                f"no confirm within {self.publish_timeout}s; retry with the same idempotency key",
+                **ids.kwargs(),
+            ) from exc
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            # RuntimeError covers aiormq's ChannelInvalidStateError (channel closed mid-publish).
+            raise OutcomeUnknown(
+                f"connection lost while publishing ({exc!r}); retry with the same idempotency key",
+                **ids.kwargs(),
+            ) from exc
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def get(
+        self, transaction_id: uuid.UUID, *, timeout: float | None = None
+    ) -> TransactionSnapshot:
+        """The transaction as the worker has it now. Raises TransactionNotFound."""
+        reply = await self._request(
+            RpcRequest(method="get", transaction_id=transaction_id), timeout
+        )
+        if reply.transaction is None:
+            raise RemoteError("protocol", "reply without a transaction")
+        return reply.transaction
+
+    async def _request(self, request: RpcRequest, timeout: float | None) -> RpcReply:
+        if self._rpc_channel is None or self._closed:
+            raise BrokerError("client is not connected")
+        timeout = self.request_timeout if timeout is None else timeout
+        correlation_id = uuid.uuid4().hex
+        future: asyncio.Future[RpcReply] = asyncio.get_running_loop().create_future()
+        self._rpc_pending[correlation_id] = future
+        try:
+            message = aio_pika.Message(
+                body=request.model_dump_json().encode(),
+                content_type="application/json",
+                message_id=correlation_id,
+                correlation_id=correlation_id,
+                reply_to=DIRECT_REPLY_TO,
+                user_id=self.app,
+                # A request nobody answered in time is dropped, not served late.
+                expiration=timedelta(seconds=timeout),
+            )
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._rpc_channel.default_exchange.publish(
+                        message, routing_key=topology.RPC_QUEUE, mandatory=True
+                    )
+                    reply = await future
+            except TimeoutError as exc:
+                raise KunPayTimeout(
+                    f"no answer to {request.method} within {timeout}s; is the worker running?"
+                ) from exc
+            except aiormq.exceptions.PublishError as exc:
+                raise TopologyMissing(f"the {topology.RPC_QUEUE} queue is missing") from exc
+            except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+                raise BrokerError(f"request failed: {exc!r}") from exc
+        finally:
+            self._rpc_pending.pop(correlation_id, None)
+        if not reply.ok:
+            if reply.error_code == "not_found":
+                raise TransactionNotFound(request.transaction_id)
+            raise RemoteError(reply.error_code or "error", reply.error or "")
+        return reply
+
+    async def _on_rpc_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._rpc_pending.get(message.correlation_id or "")
+        if future is None or future.done():
+            return
+        try:
+            future.set_result(RpcReply.model_validate_json(message.body))
+        except PydanticValidationError as exc:
+            future.set_exception(RemoteError("protocol", f"unreadable reply: {exc}"))
+
+    # -- outcomes ----------------------------------------------------------------------------
+
+    async def wait(self, transaction_id: uuid.UUID, *, timeout: float) -> Event:
+        """The transaction's final event (succeeded, failed, rejected; refunds: refunded,
+        refund_failed, rejected), even if it was published before this call.
+
+        Raises ``KunPayTimeout`` when no final event arrives within ``timeout`` seconds. A FAILED
+        payment can still complete later; that arrives as ``payment.succeeded`` with
+        ``late=True`` on ``events()``.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Event] = loop.create_future()
+        self._waiters.setdefault(transaction_id, set()).add(future)
+        try:
+            async with asyncio.timeout(timeout):
+                # The waiter is registered first, so an event arriving during get() is not lost.
+                await self._check_final(transaction_id)
+                return await future
+        except TimeoutError as exc:
+            raise KunPayTimeout(
+                f"transaction {transaction_id} reached no final state within {timeout}s"
+            ) from exc
+        finally:
+            waiters = self._waiters.get(transaction_id)
+            if waiters is not None:
+                waiters.discard(future)
+                if not waiters:
+                    del self._waiters[transaction_id]
+
+    async def _check_final(self, transaction_id: uuid.UUID) -> None:
+        try:
+            reply = await self._request(
+                RpcRequest(method="get", transaction_id=transaction_id), None
+            )
+        except TransactionNotFound:
+            return  # not processed yet: the event will come
+        if reply.final_event is not None:
+            self._resolve(reply.final_event)
+
+    def _resolve(self, event: Event) -> None:
+        if event.transaction is None or not event.is_final:
+            return
+        for future in self._waiters.get(event.transaction.id, ()):
+            if not future.done():
+                future.set_result(event)
+
+    async def _on_outcome(self, message: AbstractIncomingMessage) -> None:
+        try:
+            event = Event.model_validate_json(message.body)
+        except PydanticValidationError:
+            log.warning("ignoring an unreadable outcome message %s", message.message_id)
+            return
+        self._resolve(event)
+
+    async def _on_reconnect(self, *_: Any) -> None:
+        # Outcomes published while we were away are gone from our (exclusive) queue: ask again.
+        for transaction_id in list(self._waiters):
+            task = asyncio.create_task(self._recheck(transaction_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _recheck(self, transaction_id: uuid.UUID) -> None:
+        try:
+            await self._check_final(transaction_id)
+        except KunPayError as exc:
+            log.warning("re-checking %s after reconnect failed: %s", transaction_id, exc)
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    async def events(
+        self, queue: str, *, prefetch: int = 16, delivery_limit: int = 5
+    ) -> AsyncIterator[Event]:
+        """Lifecycle events of every transaction, from the durable queue ``app.<app>.<queue>``.
+
+        ::
+
+            async for event in client.events(queue="shop-orders"):
+                async with event.process():
+                    ...
+
+        The queue is created on first use and keeps events while nobody consumes. An event whose
+        handler fails ``delivery_limit`` times moves to ``app.<app>.<queue>.dead-letter``.
+        """
+        name = topology.subscriber_queue(self.app, queue)
+        channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            await channel.set_qos(prefetch_count=prefetch)
+            await channel.declare_queue(
+                name + ".dead-letter", durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            subscription = await channel.declare_queue(
+                name,
+                durable=True,
+                arguments=topology.subscriber_queue_arguments(self.app, queue, delivery_limit),
+            )
+            events = await channel.get_exchange(topology.EVENTS_EXCHANGE, ensure=False)
+            await subscription.bind(events)
+            async with subscription.iterator() as messages:
+                async for message in messages:
+                    try:
+                        event = Event.model_validate_json(message.body)
+                    except PydanticValidationError:
+                        log.warning(
+                            "unreadable event %s moved to %s.dead-letter", message.message_id, name
+                        )
+                        await message.reject(requeue=False)
+                        continue
+                    event._delivery = _Delivery(message)
+                    yield event
+        finally:
+            if not channel.is_closed:
+                await channel.close()

@@ -1,0 +1,173 @@
+"""The worker process: wires the broker, database, providers, outbox relay; shuts down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+import aio_pika
+import aiohttp
+import structlog
+from aio_pika.abc import AbstractRobustConnection
+
+from kunpay_sdk import topology
+from kunpay_worker.domain.schedule import to_ms
+from kunpay_worker.engine import Engine
+from kunpay_worker.handlers.collect import handle_collect
+from kunpay_worker.handlers.rpc import handle_rpc
+from kunpay_worker.messaging import Dispatcher, Publisher
+from kunpay_worker.outbox import OutboxRelay
+from kunpay_worker.polling import handle_poll
+from kunpay_worker.providers.registry import build_backends, configuration_problems
+from kunpay_worker.settings import Settings
+from kunpay_worker.storage import db
+from kunpay_worker.storage import repository as repo
+
+__all__ = ["ConfigurationError", "Worker", "broker_topology", "declare_topology"]
+
+log = structlog.get_logger("kunpay.worker")
+
+
+class ConfigurationError(RuntimeError):
+    pass
+
+
+def broker_topology(settings: Settings) -> topology.Topology:
+    return topology.Topology(
+        poll_delays_ms=tuple(to_ms(d) for d in settings.poll.delays),
+        command_delays_ms=tuple(to_ms(d) for d in settings.command_retry_delays),
+        delivery_limit=settings.delivery_limit,
+    )
+
+
+async def declare_topology(settings: Settings) -> None:
+    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
+    async with connection:
+        channel = await connection.channel()
+        await topology.declare(channel, broker_topology(settings))
+
+
+class Worker:
+    """``kunpay-worker run``: consume commands, polls and requests until ``stop`` is set."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event, *, apply_migrations: bool = False) -> None:
+        settings = self.settings
+        problems = configuration_problems(settings)
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+        if apply_migrations:
+            await db.migrate(settings)
+        await db.init(settings)
+        try:
+            pending = await db.pending_migrations(settings)
+            if pending:
+                raise ConfigurationError(
+                    f"the database needs migrations {pending}: run `kunpay-worker migrate`"
+                )
+            connection = await aio_pika.connect_robust(
+                settings.amqp_url.get_secret_value(),
+                client_properties={"connection_name": "kunpay-worker"},
+            )
+            try:
+                await self._serve(connection, stop)
+            finally:
+                await connection.close()
+        finally:
+            await db.close()
+
+    async def _serve(self, connection: AbstractRobustConnection, stop: asyncio.Event) -> None:
+        settings = self.settings
+        shape = broker_topology(settings)
+        setup = await connection.channel()
+        await topology.declare(setup, shape)
+        await setup.close()
+
+        publisher = Publisher(
+            await connection.channel(publisher_confirms=True, on_return_raises=True)
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=settings.http.total_timeout, connect=settings.http.connect_timeout
+        )
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            relay = OutboxRelay(
+                publisher,
+                batch=settings.outbox_batch,
+                sweep_interval=settings.outbox_sweep_interval,
+                lease=settings.outbox_lease,
+            )
+            engine = Engine(
+                settings=settings,
+                backends=build_backends(settings, session, repo.record_attempt),
+                plan=repo.PollPlan(
+                    delays=settings.poll.delays,
+                    tiers_ms=sorted(set(shape.poll_delays_ms)),
+                    janitor_interval=settings.poll.janitor_interval,
+                ),
+                notify=relay.notify,
+            )
+            dispatcher = Dispatcher(
+                publisher,
+                retry_delays=settings.command_retry_delays,
+                max_attempts=settings.max_command_attempts,
+                delay_tiers_ms={
+                    "commands": sorted(set(shape.command_delays_ms)),
+                    "poll": sorted(set(shape.poll_delays_ms)),
+                },
+            )
+            relay_stop = asyncio.Event()
+            relay_task = asyncio.create_task(relay.run(relay_stop), name="outbox-relay")
+
+            consume = await connection.channel()
+            await consume.set_qos(prefetch_count=settings.prefetch)
+            commands = await consume.get_queue(topology.COMMANDS_QUEUE)
+            polls = await consume.get_queue(topology.POLL_QUEUE)
+            rpc = await consume.get_queue(topology.RPC_QUEUE)
+            consumers = [
+                (
+                    commands,
+                    await commands.consume(
+                        dispatcher.wrap(
+                            "commands",
+                            functools.partial(handle_collect, engine=engine, settings=settings),
+                        )
+                    ),
+                ),
+                (
+                    polls,
+                    await polls.consume(
+                        dispatcher.wrap("poll", functools.partial(handle_poll, engine=engine))
+                    ),
+                ),
+                (rpc, await rpc.consume(functools.partial(handle_rpc, publisher=publisher))),
+            ]
+            relay.notify()  # rows a previous process left behind
+            log.info(
+                "worker ready",
+                providers=settings.providers,
+                prefetch=settings.prefetch,
+                poll_delays=settings.poll.delays,
+            )
+            self.ready.set()
+            await stop.wait()
+
+            log.info("stopping: no new messages, finishing in-flight work")
+            for queue, tag in consumers:
+                try:
+                    await queue.cancel(tag)
+                except Exception:  # noqa: BLE001 - the channel may already be gone
+                    log.warning("could not cancel a consumer", queue=queue.name)
+            if not await dispatcher.wait_idle(settings.shutdown_grace):
+                log.warning("grace period over with work in flight; it will be redelivered")
+            relay_stop.set()
+            relay.notify()
+            await relay_task
+            try:
+                await relay.drain()
+            except Exception:  # noqa: BLE001
+                log.warning("outbox not fully flushed; the next worker publishes the rest")
+            await consume.close()
+        log.info("worker stopped")

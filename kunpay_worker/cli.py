@@ -1,0 +1,142 @@
+"""``kunpay-worker``: run the worker, migrate, run the provider sandbox, print the schema."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from typing import Annotated
+
+import structlog
+import typer
+from pydantic import TypeAdapter
+from pydantic import ValidationError as SettingsError
+from rich.console import Console
+
+from kunpay_sdk.contracts import CollectCommand, Event, RpcReply, RpcRequest
+from kunpay_worker import logs
+from kunpay_worker.settings import Settings
+
+app = typer.Typer(
+    name="kunpay-worker",
+    help="kunpay's worker: payments over RabbitMQ to mobile money providers.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+err = Console(stderr=True)
+log = structlog.get_logger("kunpay.cli")
+
+
+def _settings() -> Settings:
+    try:
+        settings = Settings()
+    except SettingsError as exc:
+        err.print(f"[red]invalid configuration[/red]\n{exc}")
+        raise typer.Exit(2) from exc
+    logs.configure(settings.log_format, settings.log_level)
+    return settings
+
+
+def _run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@app.command()
+def run(
+    migrate: Annotated[
+        bool, typer.Option("--migrate", help="Apply pending database migrations first.")
+    ] = False,
+) -> None:
+    """Consume commands, polls and requests until SIGTERM or SIGINT."""
+    from kunpay_worker.app import ConfigurationError, Worker
+
+    settings = _settings()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Worker(settings).run(stop, apply_migrations=migrate)
+
+    try:
+        _run(main())
+    except ConfigurationError as exc:
+        err.print(f"[red]cannot start:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.command("migrate")
+def migrate_command(
+    database: Annotated[bool, typer.Option(help="Apply database migrations.")] = True,
+    broker: Annotated[bool, typer.Option(help="Declare the RabbitMQ topology.")] = True,
+) -> None:
+    """Apply the database migrations and declare kunpay's exchanges and queues."""
+    from kunpay_worker.app import declare_topology
+    from kunpay_worker.storage import db
+
+    settings = _settings()
+
+    def progress(event: str, app_label: str, name: str) -> None:
+        err.print(f"  {event:<8} {app_label}.{name}")
+
+    async def main() -> None:
+        if database:
+            await db.migrate(settings, progress=progress)
+            err.print("database: up to date")
+        if broker:
+            await declare_topology(settings)
+            err.print("broker: topology declared")
+
+    _run(main())
+
+
+@app.command()
+def sandbox(
+    host: Annotated[str, typer.Option(envvar="KUNPAY_SANDBOX_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="KUNPAY_SANDBOX_PORT")] = 8900,
+    settle_seconds: Annotated[
+        float, typer.Option(help="Seconds until a payment settles.", envvar="KUNPAY_SANDBOX_SETTLE")
+    ] = 1.0,
+    slow_seconds: Annotated[float, typer.Option(help="Delay of the slow scenario.")] = 60.0,
+    callback_method: Annotated[str, typer.Option(help="PUT or POST, as MTN does.")] = "PUT",
+) -> None:
+    """Serve the provider sandbox (MTN MoMo today) with its magic numbers."""
+    from aiohttp import web
+
+    from kunpay_worker.sandbox import SandboxConfig, build_app
+
+    logs.configure("auto", "INFO")
+    if callback_method.upper() not in ("PUT", "POST"):
+        err.print("[red]--callback-method must be PUT or POST[/red]")
+        raise typer.Exit(2)
+    application = build_app(
+        SandboxConfig(
+            settle_seconds=settle_seconds,
+            slow_seconds=slow_seconds,
+            callback_method=callback_method.upper(),
+        )
+    )
+    log.info("sandbox listening", url=f"http://{host}:{port}")
+    web.run_app(application, host=host, port=port, print=None, access_log=None)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of every command, event and request (for apps in other languages)."""
+    schemas = {
+        "CollectCommand": TypeAdapter(CollectCommand).json_schema(),
+        "Event": TypeAdapter(Event).json_schema(),
+        "RpcRequest": TypeAdapter(RpcRequest).json_schema(),
+        "RpcReply": TypeAdapter(RpcReply).json_schema(),
+    }
+    sys.stdout.write(json.dumps(schemas, indent=2) + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

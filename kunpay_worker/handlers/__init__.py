@@ -1,0 +1,1 @@
+"""One module per message kind: commands (collect), polls, requests (rpc)."""

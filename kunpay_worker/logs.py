@@ -1,0 +1,83 @@
+"""structlog set-up: JSON off a terminal, console on one; secrets and phone numbers masked."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+__all__ = ["configure", "mask_event"]
+
+_SECRET_KEY = re.compile(r"(?i)(secret|password|passwd|token|api_?key|pin|authorization|cookie)")
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+):[^@\s]+@", re.I)
+_PHONE = re.compile(r"(?<![\w-])\+?\d{8,15}(?!\w)")
+
+
+def _mask_value(value: Any) -> Any:
+    if isinstance(value, str):
+        value = _URL_PASSWORD.sub(r"\g<scheme>:***@", value)
+        return _PHONE.sub(lambda m: "*" * (len(m.group()) - 3) + m.group()[-3:], value)
+    if isinstance(value, dict):
+        return {
+            k: ("***" if _SECRET_KEY.search(str(k)) else _mask_value(v)) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_mask_value(v) for v in value]
+    return value
+
+
+def mask_event(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: secrets by key, passwords in URLs, phone numbers to last 3 digits."""
+    for key, value in list(event_dict.items()):
+        if _SECRET_KEY.search(key) and value is not None:
+            event_dict[key] = "***"
+        else:
+            event_dict[key] = _mask_value(value)
+    return event_dict
+
+
+def configure(fmt: str = "auto", level: str = "INFO") -> None:
+    as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        # JSON: tracebacks become text here, so the masking below covers them too.
+        *([structlog.processors.format_exc_info] if as_json else []),
+        mask_event,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiormq", "aio_pika", "tortoise", "aiosqlite", "asyncpg"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

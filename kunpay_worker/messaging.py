@@ -1,0 +1,238 @@
+"""How a consumed message meets its fate.
+
+Handlers raise :class:`Retry` or :class:`Reject` (or return); :class:`Dispatcher` turns that into
+an ack, a confirmed republish to a delay tier then an ack, or a confirmed publish to the
+dead-letter exchange then an ack. Nothing is requeued in a loop: a message goes back to the queue
+only when publishing its retry failed, and then the queue's ``x-delivery-limit`` bounds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import aiormq.exceptions
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from kunpay_sdk import topology
+from kunpay_worker.domain.schedule import retry_delay, tier_for, to_ms
+
+__all__ = ["Delivery", "Dispatcher", "Publisher", "Reject", "Retry"]
+
+log = structlog.get_logger("kunpay.messaging")
+
+ATTEMPT_HEADER = "x-kunpay-attempt"
+
+
+class Retry(Exception):
+    """Handle this message again later (``delay`` seconds, else the backoff schedule)."""
+
+    def __init__(self, reason: str, *, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
+class Reject(Exception):
+    """This message can never be handled: dead-letter it with ``reason``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    message: AbstractIncomingMessage
+    attempt: int  # 1 for the first handling, +1 per delayed retry
+    max_attempts: int
+
+    @property
+    def last_attempt(self) -> bool:
+        return self.attempt >= self.max_attempts
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class Publisher:
+    """Publishes with confirms on one channel; raises aio-pika's errors on nack or return."""
+
+    def __init__(self, channel: AbstractChannel, *, timeout: float = 30.0) -> None:
+        self.channel = channel
+        self.timeout = timeout
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        message: aio_pika.Message,
+        *,
+        mandatory: bool = True,
+    ) -> None:
+        target = (
+            self.channel.default_exchange
+            if exchange == ""
+            else await self.channel.get_exchange(exchange, ensure=False)
+        )
+        await target.publish(message, routing_key, mandatory=mandatory, timeout=self.timeout)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,
+        content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=str(uuid.uuid4()),  # never reuse a message id across publishes
+        correlation_id=message.correlation_id,
+        type=message.type,
+        timestamp=message.timestamp,
+        # Keeps the app identity on a retried command; RabbitMQ lets the worker set another
+        # user's id only when its broker user has the "impersonator" tag.
+        user_id=message.user_id,
+    )
+
+
+class Dispatcher:
+    """Wraps handlers: ack, delayed retry, or dead-letter; counts in-flight work."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        *,
+        retry_delays: list[float],
+        max_attempts: int,
+        delay_tiers_ms: dict[str, list[int]],
+    ) -> None:
+        self.publisher = publisher
+        self.retry_delays = retry_delays
+        self.max_attempts = max_attempts
+        self.delay_tiers_ms = delay_tiers_ms
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def wrap(self, target: str, handler: Handler) -> Callable[[AbstractIncomingMessage], Any]:
+        async def consume(message: AbstractIncomingMessage) -> None:
+            self._inflight += 1
+            self._idle.clear()
+            try:
+                await self._handle(target, handler, message)
+            finally:
+                self._inflight -= 1
+                if self._inflight == 0:
+                    self._idle.set()
+
+        return consume
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _handle(
+        self, target: str, handler: Handler, message: AbstractIncomingMessage
+    ) -> None:
+        headers = dict(message.headers or {})
+        previous = headers.get(ATTEMPT_HEADER, 0)
+        attempt = (previous if isinstance(previous, int) else 0) + 1
+        delivery = Delivery(message, attempt, self.max_attempts)
+        try:
+            await handler(delivery)
+        except Reject as verdict:
+            await self.dead_letter(message, verdict.reason, verdict.detail, attempt=attempt)
+        except Retry as verdict:
+            await self._retry(target, message, attempt, verdict.reason, verdict.delay)
+        except Exception as exc:
+            log.exception("handler failed", queue=target, message_id=message.message_id)
+            await self._retry(target, message, attempt, f"{type(exc).__name__}: {exc}", None)
+        else:
+            await _settle(message.ack())
+
+    async def _retry(
+        self,
+        target: str,
+        message: AbstractIncomingMessage,
+        attempt: int,
+        reason: str,
+        delay: float | None,
+    ) -> None:
+        if attempt >= self.max_attempts:
+            await self.dead_letter(message, "retries_exhausted", reason, attempt=attempt)
+            return
+        seconds = delay if delay is not None else retry_delay(attempt, self.retry_delays)
+        tier = tier_for(to_ms(seconds), self.delay_tiers_ms[target])
+        headers = dict(message.headers or {})
+        now = _now().isoformat()
+        headers.setdefault("x-kunpay-first-failure", now)
+        headers.update(
+            {
+                ATTEMPT_HEADER: attempt,
+                "x-kunpay-last-failure": now,
+                "x-kunpay-last-error": reason[:500],
+            }
+        )
+        try:
+            await self.publisher.publish(
+                "", topology.delay_queue(target, tier), _copy(message, headers)
+            )
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
+            log.warning("could not schedule a retry; returning the message", error=repr(exc))
+            # Bounded by the queue's x-delivery-limit, which dead-letters after that many.
+            await _settle(message.nack(requeue=True))
+            return
+        log.info("retry scheduled", queue=target, attempt=attempt, delay_ms=tier, reason=reason)
+        await _settle(message.ack())
+
+    async def dead_letter(
+        self, message: AbstractIncomingMessage, reason: str, detail: str, *, attempt: int
+    ) -> None:
+        headers = dict(message.headers or {})
+        now = _now().isoformat()
+        headers.update(
+            {
+                "x-kunpay-reason": reason,
+                "x-kunpay-error": detail[:1000],
+                "x-kunpay-original-exchange": message.exchange or "",
+                "x-kunpay-original-routing-key": message.routing_key or "",
+                "x-kunpay-attempts": attempt,
+                "x-kunpay-app": message.user_id or "",
+                "x-kunpay-last-failure": now,
+            }
+        )
+        headers.setdefault("x-kunpay-first-failure", now)
+        copy = _copy(message, headers)
+        copy.user_id = None  # dead letters are the operators'; the app is in x-kunpay-app
+        try:
+            await self.publisher.publish(topology.DEAD_LETTER_EXCHANGE, "", copy)
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
+            log.warning("could not dead-letter; returning the message", error=repr(exc))
+            await _settle(message.nack(requeue=True))  # bounded by x-delivery-limit
+            return
+        log.warning(
+            "dead-lettered", reason=reason, detail=detail[:200], message_id=message.message_id
+        )
+        await _settle(message.ack())
+
+
+async def _settle(action: Awaitable[Any]) -> None:
+    """Ack/nack; a dead channel means the broker redelivers, which handlers tolerate."""
+    try:
+        await action
+    except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        log.warning("could not settle a message; it will be redelivered", error=repr(exc))

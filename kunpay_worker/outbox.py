@@ -1,0 +1,146 @@
+"""The transactional outbox relay (DESIGN.md §5).
+
+Handlers write events and poll messages to the ``outbox`` table in the same DB transaction as
+the state change they announce. The relay claims rows (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL; a lease guarded by a conditional update everywhere), publishes them with confirms,
+and deletes them. A crash between publish and delete republishes: delivery is at-least-once and
+subscribers dedupe on ``event_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import aio_pika
+import aiormq.exceptions
+import structlog
+from tortoise.expressions import F, Q
+from tortoise.transactions import in_transaction
+
+from kunpay_sdk import topology
+from kunpay_worker.messaging import Publisher
+from kunpay_worker.storage.models import OutboxKind, OutboxMessage
+from kunpay_worker.storage.repository import utcnow
+
+__all__ = ["OutboxRelay"]
+
+log = structlog.get_logger("kunpay.outbox")
+
+PUBLISH_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError)
+
+
+class OutboxRelay:
+    def __init__(
+        self, publisher: Publisher, *, batch: int, sweep_interval: float, lease: float
+    ) -> None:
+        self._publisher = publisher
+        self._batch = batch
+        self._sweep_interval = sweep_interval
+        self._lease = lease
+        self._wake = asyncio.Event()
+        self.published = 0
+
+    def notify(self) -> None:
+        """A handler committed outbox rows: publish them now rather than at the next sweep."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                async with asyncio.timeout(self._sweep_interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.drain()
+            except Exception:
+                log.exception("outbox relay pass failed; retrying at the next sweep")
+
+    async def drain(self) -> int:
+        """Publish everything publishable now; returns how many rows went out."""
+        total = 0
+        while True:
+            rows = await self._claim()
+            if not rows:
+                return total
+            results = await asyncio.gather(*(self._publish(row) for row in rows))
+            sent = [row.id for row, ok in zip(rows, results, strict=True) if ok]
+            if sent:
+                await OutboxMessage.filter(id__in=sent).delete()
+            total += len(sent)
+            self.published += len(sent)
+            if len(sent) < len(rows):
+                return total  # the rest waits for its lease to expire
+
+    async def backlog(self) -> int:
+        return await OutboxMessage.all().count()
+
+    async def _claim(self) -> list[OutboxMessage]:
+        now = utcnow()
+        claim = uuid.uuid4().hex
+        free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+        async with in_transaction():
+            ids = (
+                await OutboxMessage.filter(free)
+                .order_by("id")
+                .limit(self._batch)
+                .select_for_update(skip_locked=True)
+                .values_list("id", flat=True)
+            )
+            if not ids:
+                return []
+            # The lease condition again: on SQLite, this UPDATE is what makes the claim exclusive.
+            await OutboxMessage.filter(free, id__in=list(ids)).update(
+                lease_until=now + timedelta(seconds=self._lease),
+                claim=claim,
+                attempts=F("attempts") + 1,
+            )
+        return await OutboxMessage.filter(claim=claim).order_by("id")
+
+    async def _publish(self, row: OutboxMessage) -> bool:
+        try:
+            if row.kind is OutboxKind.EVENT:
+                await self._publisher.publish(
+                    topology.EVENTS_EXCHANGE, row.routing_key, _message(row)
+                )
+                if row.app:
+                    # Nobody waiting is normal: outcomes are not mandatory.
+                    await self._publisher.publish(
+                        topology.OUTCOMES_EXCHANGE,
+                        _outcome_key(row),
+                        _message(row),
+                        mandatory=False,
+                    )
+            else:
+                await self._publisher.publish(row.exchange, row.routing_key, _message(row))
+        except PUBLISH_ERRORS as exc:
+            log.warning(
+                "outbox publish failed; will retry",
+                outbox_id=row.id,
+                kind=row.kind,
+                error=repr(exc),
+            )
+            return False
+        return True
+
+
+def _message(row: OutboxMessage) -> aio_pika.Message:
+    return aio_pika.Message(
+        body=row.body.encode(),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=str(uuid.uuid4()),
+        type=row.message_type,
+        headers=dict(row.headers),
+        timestamp=row.created_at,
+    )
+
+
+def _outcome_key(row: OutboxMessage) -> str:
+    assert row.app is not None  # noqa: S101 - checked by the caller
+    if row.transaction_id is not None:
+        return topology.outcome_routing_key(row.app, row.transaction_id)
+    return f"{row.app}.command.{row.headers.get('command_id', '')}"

@@ -1,0 +1,40 @@
+"""Poll messages: one scheduled status check of a PENDING transaction.
+
+A poll message carries the transaction id and the ``poll_seq`` it was scheduled with; the row's
+``poll_seq`` moves on whenever a newer check is scheduled, so a stale message is dropped and the
+poll chain never forks.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import structlog
+from pydantic import BaseModel, ConfigDict
+from pydantic import ValidationError as PydanticValidationError
+
+from kunpay_worker.engine import Engine
+from kunpay_worker.messaging import Delivery, Reject
+
+__all__ = ["PollMessage", "handle_poll"]
+
+
+class PollMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    transaction_id: uuid.UUID
+    poll_seq: int
+
+
+async def handle_poll(delivery: Delivery, *, engine: Engine) -> None:
+    try:
+        poll = PollMessage.model_validate_json(delivery.message.body)
+    except PydanticValidationError as exc:
+        raise Reject("malformed", str(exc)[:1000]) from exc
+    structlog.contextvars.bind_contextvars(
+        transaction_id=str(poll.transaction_id), poll_seq=poll.poll_seq, attempt=delivery.attempt
+    )
+    try:
+        await engine.check(poll.transaction_id, poll.poll_seq)
+    finally:
+        structlog.contextvars.clear_contextvars()

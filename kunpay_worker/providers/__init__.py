@@ -1,0 +1,1 @@
+"""Provider backends: one package per API, each a client (HTTP) and pure transformers."""

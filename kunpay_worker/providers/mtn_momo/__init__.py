@@ -1,0 +1,1 @@
+"""MTN MoMo Open API (collection)."""

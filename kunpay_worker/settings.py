@@ -1,0 +1,164 @@
+"""Worker settings from the environment: ``KUNPAY_*``, nested with ``__``.
+
+``KUNPAY_MTN_MOMO__COLLECTION__API_KEY=...`` sets ``settings.mtn_momo.collection.api_key``.
+Lists and maps are JSON: ``KUNPAY_POLL__DELAYS='[15, 30, 60]'``. Secrets are ``SecretStr`` and
+never printed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kunpay_sdk.money import CURRENCY_EXPONENTS
+from kunpay_sdk.msisdn import PROVIDER_OPERATORS
+
+BACKENDS = ("MTN_MOMO", "PAWAPAY", "FLUTTERWAVE", "ORANGE_MP")
+
+
+class MtnProduct(BaseModel):
+    """Credentials of one MTN MoMo product (collection or disbursement)."""
+
+    subscription_key: SecretStr | None = None
+    api_user: str | None = None
+    api_key: SecretStr | None = None
+
+    def missing(self) -> list[str]:
+        return [
+            name
+            for name, value in (
+                ("subscription_key", self.subscription_key),
+                ("api_user", self.api_user),
+                ("api_key", self.api_key),
+            )
+            if not value
+        ]
+
+
+class MtnMomoSettings(BaseModel):
+    base_url: str = "https://sandbox.momodeveloper.mtn.com"
+    # "sandbox" on MTN's sandbox; a country value such as "mtncameroon" in production.
+    target_environment: str = "sandbox"
+    # What this environment accepts: EUR on MTN's sandbox, XAF in Cameroon.
+    currencies: list[str] = ["XAF"]
+    collection: MtnProduct = MtnProduct()
+    # Refresh a token this long before MTN says it expires.
+    token_refresh_margin: float = 60.0
+    # payerMessage / payeeNote must not be empty (MTN has answered 500 to empty ones).
+    payer_message: str = "Payment"
+
+    @field_validator("currencies")
+    @classmethod
+    def _known_currencies(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(CURRENCY_EXPONENTS))
+        if unknown:
+            raise ValueError(f"unknown currencies {unknown}")
+        return value
+
+
+class HttpSettings(BaseModel):
+    """Timeouts of every provider call, in seconds (aiohttp ClientTimeout)."""
+
+    total_timeout: float = Field(30.0, gt=0)
+    connect_timeout: float = Field(5.0, gt=0)
+
+
+class PollSettings(BaseModel):
+    # Seconds: first check after initiation, then each after the previous one.
+    delays: list[float] = [15, 30, 60, 120, 240, 480]
+    # After the schedule, the janitor checks at this interval until max_age.
+    janitor_interval: float = 3600
+    max_age: float = 72 * 3600
+
+    @field_validator("delays")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if not value or any(d <= 0 for d in value):
+            raise ValueError("poll delays must be a non-empty list of positive seconds")
+        return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KUNPAY_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
+    database_url: SecretStr = SecretStr("sqlite://kunpay.sqlite3")
+    # PostgreSQL pool size (Tortoise's default maxsize is 5, too small for the prefetch).
+    database_pool_size: int = Field(20, ge=1)
+
+    # Provider key (what apps name) → backend (the API that serves it).
+    providers: dict[str, str] = {"MTN_CAMEROON": "MTN_MOMO"}
+    mtn_momo: MtnMomoSettings = MtnMomoSettings()
+    http: HttpSettings = HttpSettings()
+    poll: PollSettings = PollSettings()
+
+    # Also accept MTN's sandbox test numbers and EUR (only for MTN's own sandbox).
+    accept_sandbox_numbers: bool = False
+    # How long a send claim holds; longer than a provider call can take.
+    send_lease: float = Field(60.0, gt=0)
+    # Sends of one transaction's request before giving up (only ever repeated when the provider
+    # certainly did not get it, or de-duplicates and says it does not know the reference).
+    max_send_attempts: int = Field(5, ge=1)
+    # Delayed re-deliveries of commands that hit a transient error, in seconds.
+    command_retry_delays: list[float] = [1, 5, 30, 300]
+    max_command_attempts: int = Field(10, ge=1)
+    # Messages handled concurrently per queue.
+    prefetch: int = Field(32, ge=1)
+    delivery_limit: int = Field(20, ge=2)
+    # Outbox relay: rows per batch, sweep interval for rows left behind, claim lease.
+    outbox_batch: int = Field(200, ge=1)
+    outbox_sweep_interval: float = Field(1.0, gt=0)
+    outbox_lease: float = Field(30.0, gt=0)
+    # Seconds to finish in-flight messages on SIGTERM.
+    shutdown_grace: float = Field(20.0, ge=0)
+    # Base of the callback URLs sent to providers; no callbacks requested when unset.
+    public_base_url: str | None = None
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    @field_validator("providers")
+    @classmethod
+    def _known_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, backend in value.items():
+            if key not in PROVIDER_OPERATORS:
+                raise ValueError(
+                    f"unknown provider key {key!r}; known: {sorted(PROVIDER_OPERATORS)}"
+                )
+            if backend not in BACKENDS:
+                raise ValueError(f"unknown backend {backend!r} for {key}; known: {list(BACKENDS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _lease_outlives_calls(self) -> Self:
+        if self.send_lease <= self.http.total_timeout:
+            raise ValueError(
+                f"send_lease ({self.send_lease}s) must exceed http.total_timeout "
+                f"({self.http.total_timeout}s): a claim must outlive the call it guards"
+            )
+        return self
+
+    def enabled_backends(self) -> set[str]:
+        return set(self.providers.values())
+
+    def tortoise_config(self) -> dict[str, object]:
+        url = self.database_url.get_secret_value()
+        scheme = urlsplit(url).scheme
+        if scheme in ("postgres", "asyncpg", "postgresql") and "maxsize=" not in url:
+            url += ("&" if "?" in url else "?") + f"maxsize={self.database_pool_size}"
+        return {
+            "connections": {"default": url},
+            "apps": {
+                "kunpay": {
+                    "models": ["kunpay_worker.storage.models"],
+                    "migrations": "kunpay_worker.storage.migrations",
+                    "default_connection": "default",
+                }
+            },
+            "use_tz": True,
+            "timezone": "UTC",
+        }
