@@ -4,7 +4,7 @@
 and lets the app await outcomes or subscribe to lifecycle events.
 """
 
-from kunpay_sdk.client import Accepted, KunPayClient
+from kunpay_sdk.client import Accepted, KunPayClient, Subscription
 from kunpay_sdk.contracts import Event, EventType, Status, TransactionSnapshot, TransactionType
 from kunpay_sdk.errors import (
     BrokerError,
@@ -44,6 +44,7 @@ __all__ = [
     "OutcomeUnknown",
     "RemoteError",
     "Status",
+    "Subscription",
     "TopologyMissing",
     "TransactionNotFound",
     "TransactionSnapshot",

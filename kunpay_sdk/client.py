@@ -50,7 +50,7 @@ from kunpay_sdk.errors import (
     TransactionNotFound,
 )
 
-__all__ = ["Accepted", "KunPayClient"]
+__all__ = ["Accepted", "KunPayClient", "Subscription"]
 
 log = logging.getLogger("kunpay_sdk")
 
@@ -464,46 +464,98 @@ class KunPayClient:
 
     # -- subscriptions -----------------------------------------------------------------------
 
-    async def events(
-        self, queue: str, *, prefetch: int = 16, delivery_limit: int = 5
-    ) -> AsyncIterator[Event]:
-        """Lifecycle events of every transaction, from the durable queue ``app.<app>.<queue>``.
-
-        ::
+    def events(self, queue: str, *, prefetch: int = 16, delivery_limit: int = 5) -> Subscription:
+        """Lifecycle events of every transaction of this app's broker, from the durable queue
+        ``app.<app>.<queue>``::
 
             async for event in client.events(queue="shop-orders"):
                 async with event.process():
                     ...
 
-        The queue is created on first use and keeps events while nobody consumes. An event whose
-        handler fails ``delivery_limit`` times moves to ``app.<app>.<queue>.dead-letter``.
+        The queue is created and bound on first use (or by ``await subscription.start()``) and
+        keeps events while nobody consumes. An event whose handler fails ``delivery_limit``
+        times moves to ``app.<app>.<queue>.dead-letter``.
         """
-        name = topology.subscriber_queue(self.app, queue)
+        return Subscription(
+            self._connection,
+            app=self.app,
+            name=queue,
+            prefetch=prefetch,
+            delivery_limit=delivery_limit,
+        )
+
+
+class Subscription:
+    """An async iterator of :class:`Event` over a subscriber queue; see ``KunPayClient.events``."""
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        *,
+        app: str,
+        name: str,
+        prefetch: int,
+        delivery_limit: int,
+    ) -> None:
+        self.queue_name = topology.subscriber_queue(app, name)
+        self._connection = connection
+        self._app = app
+        self._name = name
+        self._prefetch = prefetch
+        self._delivery_limit = delivery_limit
+        self._channel: AbstractChannel | None = None
+        self._iterator: Any = None
+
+    async def start(self) -> Self:
+        """Declare and bind the queue now, so events published from here on are kept."""
+        if self._iterator is not None:
+            return self
         channel = await self._connection.channel(publisher_confirms=False)
-        try:
-            await channel.set_qos(prefetch_count=prefetch)
-            await channel.declare_queue(
-                name + ".dead-letter", durable=True, arguments={"x-queue-type": "quorum"}
-            )
-            subscription = await channel.declare_queue(
-                name,
-                durable=True,
-                arguments=topology.subscriber_queue_arguments(self.app, queue, delivery_limit),
-            )
-            events = await channel.get_exchange(topology.EVENTS_EXCHANGE, ensure=False)
-            await subscription.bind(events)
-            async with subscription.iterator() as messages:
-                async for message in messages:
-                    try:
-                        event = Event.model_validate_json(message.body)
-                    except PydanticValidationError:
-                        log.warning(
-                            "unreadable event %s moved to %s.dead-letter", message.message_id, name
-                        )
-                        await message.reject(requeue=False)
-                        continue
-                    event._delivery = _Delivery(message)
-                    yield event
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+        self._channel = channel
+        await channel.set_qos(prefetch_count=self._prefetch)
+        await channel.declare_queue(
+            self.queue_name + ".dead-letter", durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        queue = await channel.declare_queue(
+            self.queue_name,
+            durable=True,
+            arguments=topology.subscriber_queue_arguments(
+                self._app, self._name, self._delivery_limit
+            ),
+        )
+        events = await channel.get_exchange(topology.EVENTS_EXCHANGE, ensure=False)
+        await queue.bind(events)
+        self._iterator = queue.iterator()
+        return self
+
+    async def close(self) -> None:
+        if self._iterator is not None:
+            await self._iterator.close()
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Event:
+        await self.start()
+        while True:
+            message: AbstractIncomingMessage = await self._iterator.__anext__()
+            try:
+                event = Event.model_validate_json(message.body)
+            except PydanticValidationError:
+                log.warning(
+                    "unreadable event %s moved to %s.dead-letter",
+                    message.message_id,
+                    self.queue_name,
+                )
+                await message.reject(requeue=False)
+                continue
+            event._delivery = _Delivery(message)
+            return event
