@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from kunpay_sdk import KunPayClient
+from tests.integration.harness import EventLog, Stack
+
+pytestmark = pytest.mark.integration
+
+DATABASES = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+async def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    """A shared stack with one worker per database, for tests that do not kill it."""
+    stack = await Stack.create(request.param, tmp_path_factory.mktemp(request.param))
+    try:
+        await stack.start_worker()
+        yield stack
+    finally:
+        await stack.close()
+
+
+@pytest.fixture(params=DATABASES)
+async def own_stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
+    """A stack of the test's own, with no worker started, for tests that kill or stop it."""
+    stack = await Stack.create(request.param, tmp_path)
+    try:
+        yield stack
+    finally:
+        await stack.close()
+
+
+@pytest.fixture
+async def client(stack: Stack) -> AsyncIterator[KunPayClient]:
+    async with await stack.client() as client:
+        yield client
+
+
+@pytest.fixture
+async def events(client: KunPayClient) -> AsyncIterator[EventLog]:
+    log = await EventLog(client).start()
+    try:
+        yield log
+    finally:
+        await log.close()

@@ -1,0 +1,119 @@
+"""What the SDK refuses before publishing, and what it says when publishing goes wrong."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from kunpay_sdk import (
+    EventType,
+    InvalidAmount,
+    InvalidCurrency,
+    InvalidField,
+    InvalidPhoneNumber,
+    KunPayClient,
+    OutcomeUnknown,
+    TopologyMissing,
+    UnknownProvider,
+    UnsupportedOperator,
+    ValidationError,
+)
+from tests.integration.harness import EventLog, Stack, create_vhost, delete_vhost
+
+pytestmark = pytest.mark.integration
+
+GOOD: dict[str, Any] = {
+    "provider": "MTN_CAMEROON",
+    "amount": Decimal("5000"),
+    "currency": "XAF",
+    "phone_number": "670000000",
+    "order_id": "order-1",
+    "user_id": "u-1",
+}
+
+INVALID = [
+    ({"amount": 5000.0}, InvalidAmount, "Decimal"),
+    ({"amount": Decimal("-1")}, InvalidAmount, "greater than zero"),
+    ({"amount": Decimal("0")}, InvalidAmount, "greater than zero"),
+    ({"amount": Decimal("5000.5")}, InvalidAmount, "whole units"),
+    ({"currency": "USD"}, InvalidCurrency, "unknown currency"),
+    ({"currency": "EUR"}, InvalidCurrency, "sandbox"),
+    ({"phone_number": "12345"}, InvalidPhoneNumber, "not a valid Cameroon"),
+    ({"phone_number": "237237670000000"}, InvalidPhoneNumber, "not a valid Cameroon"),
+    ({"phone_number": "690000000"}, UnsupportedOperator, "ORANGE number"),
+    ({"phone_number": "660000000", "provider": "PAWAPAY"}, UnsupportedOperator, "NEXTTEL"),
+    ({"provider": "MTN"}, UnknownProvider, "unknown provider key"),
+    ({"order_id": ""}, InvalidField, "order_id"),
+    ({"idempotency_key": ""}, InvalidField, "idempotency_key"),
+]
+
+
+@pytest.fixture(params=["sqlite"])
+async def idle_stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
+    """Topology declared (migrate), no worker consuming: whatever is published stays queued."""
+    stack = await Stack.create(request.param, tmp_path)
+    try:
+        yield stack
+    finally:
+        await stack.close()
+
+
+async def queued_commands(stack: Stack) -> int:
+    async with await aio_pika.connect(stack.amqp_url) as connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue("kunpay.commands", passive=True)
+        count = queue.declaration_result.message_count
+        assert count is not None
+        return count
+
+
+async def test_invalid_input_raises_a_clear_value_error_and_publishes_nothing(
+    idle_stack: Stack,
+) -> None:
+    async with await idle_stack.client() as client:
+        for overrides, error, message in INVALID:
+            with pytest.raises(error, match=message) as caught:
+                await client.collect(**{**GOOD, **overrides})
+            assert isinstance(caught.value, ValueError)
+            assert isinstance(caught.value, ValidationError)
+        assert await queued_commands(idle_stack) == 0
+        # The same client publishes a valid command fine: the check above can see one.
+        await client.collect(**GOOD)
+        assert await queued_commands(idle_stack) == 1
+
+
+async def test_connecting_before_the_topology_exists_says_so() -> None:
+    name, url = await create_vhost()
+    try:
+        with pytest.raises(TopologyMissing, match="kunpay-worker migrate"):
+            await KunPayClient.connect(url)
+    finally:
+        await delete_vhost(name)
+
+
+async def test_an_unknown_outcome_carries_the_ids_and_a_retry_with_its_key_is_one_transaction(
+    stack: Stack,
+) -> None:
+    async with await KunPayClient.connect(stack.amqp_url, publish_timeout=0) as client:
+        events = await EventLog(client).start()
+        try:
+            with pytest.raises(OutcomeUnknown) as caught:
+                await client.collect(**GOOD)
+            err = caught.value
+            assert err.idempotency_key
+            assert isinstance(err.transaction_id, uuid.UUID)
+            assert isinstance(err.command_id, uuid.UUID)
+
+            client.publish_timeout = 10
+            retry = await client.collect(**GOOD, idempotency_key=err.idempotency_key)
+            assert retry.transaction_id == err.transaction_id
+            outcome = await client.wait(retry.transaction_id, timeout=15)
+            assert outcome.type is EventType.SUCCEEDED
+        finally:
+            await events.close()
