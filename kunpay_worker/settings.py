@@ -69,9 +69,8 @@ class HttpSettings(BaseModel):
 class PollSettings(BaseModel):
     # Seconds: first check after initiation, then each after the previous one.
     delays: list[float] = [15, 30, 60, 120, 240, 480]
-    # After the schedule, the janitor checks at this interval until max_age.
+    # After the schedule, next_poll_at is set this far ahead for the janitor's sweeps.
     janitor_interval: float = 3600
-    max_age: float = 72 * 3600
 
     @field_validator("delays")
     @classmethod

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from kunpay_worker.sandbox import SandboxConfig, build_app
 from kunpay_worker.sandbox.app import MTN_KEY
-from kunpay_worker.sandbox.scenarios import MAGIC_NUMBERS
+from kunpay_worker.sandbox.scenarios import MAGIC_NUMBERS, Behaviour
 
 README = Path(__file__).parents[2] / "README.md"
 BASIC = "Basic " + base64.b64encode(b"api-user:api-key").decode()
@@ -186,9 +186,26 @@ async def test_revoked_tokens_are_refused(client: TestClient[Any, Any]) -> None:
     assert resp.status == 401
 
 
+KEYWORDS = {
+    Behaviour.SUCCEED: "succeeds",
+    Behaviour.PENDING: "PENDING",
+    Behaviour.ERROR_ONCE: "500",
+    Behaviour.ERROR_AFTER_ACCEPT: "500",
+    Behaviour.ERROR_ALWAYS: "500",
+    Behaviour.HOLD: "held",
+    Behaviour.SLOW: "slow-seconds",
+}
+
+
 def test_the_readme_lists_every_magic_number() -> None:
     text = README.read_text()
     for number, scenario in MAGIC_NUMBERS.items():
-        row = re.search(rf"^\|\s*`?{number}`?\s*\|(.+)$", text, re.MULTILINE)
+        row = re.search(rf"^\|\s*`{number}`\s*\|(.+)$", text, re.MULTILINE)
         assert row, f"README has no row for magic number {number}"
-        assert scenario.description.split(":")[0].split(" ")[0] in row.group(1)
+        expected = (
+            scenario.reason
+            if scenario.behaviour is Behaviour.FAIL
+            else KEYWORDS[scenario.behaviour]
+        )
+        assert expected is not None
+        assert expected in row.group(1), f"README row for {number} does not say {expected}"
