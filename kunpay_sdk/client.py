@@ -431,6 +431,10 @@ class KunPayClient:
             )
         except TransactionNotFound:
             return  # not processed yet: the event will come
+        except (KunPayTimeout, BrokerError) as exc:
+            # The worker may be down or starting: the bound outcome queue still gets the event.
+            log.warning("could not ask for %s (%s); waiting for its event", transaction_id, exc)
+            return
         if reply.final_event is not None:
             self._resolve(reply.final_event)
 
@@ -459,7 +463,7 @@ class KunPayClient:
     async def _recheck(self, transaction_id: uuid.UUID) -> None:
         try:
             await self._check_final(transaction_id)
-        except KunPayError as exc:
+        except KunPayError as exc:  # e.g. RemoteError: the event may still come
             log.warning("re-checking %s after reconnect failed: %s", transaction_id, exc)
 
     # -- subscriptions -----------------------------------------------------------------------

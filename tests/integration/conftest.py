@@ -20,8 +20,12 @@ async def stack(
     """A shared stack with one worker per database, for tests that do not kill it."""
     stack = await Stack.create(request.param, tmp_path_factory.mktemp(request.param))
     try:
-        await stack.start_worker()
+        worker = await stack.start_worker()
         yield stack
+        # Whatever the tests did, the worker logged no error and is still running.
+        assert worker.errors() == [], worker.tail()
+        assert worker.proc.returncode is None
+        assert await worker.stop() == 0, worker.tail()
     finally:
         await stack.close()
 

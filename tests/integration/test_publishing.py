@@ -54,7 +54,7 @@ INVALID = [
 ]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 async def idle_stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
     """Topology declared (migrate), no worker consuming: whatever is published stays queued."""
     stack = await Stack.create(request.param, tmp_path)

@@ -209,3 +209,39 @@ def test_the_readme_lists_every_magic_number() -> None:
         )
         assert expected is not None
         assert expected in row.group(1), f"README row for {number} does not say {expected}"
+
+
+@pytest.mark.parametrize("method", ["PUT", "POST"])
+async def test_settled_payments_call_back_with_the_configured_verb(method: str) -> None:
+    from aiohttp import web
+
+    received: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+
+    async def callback(request: web.Request) -> web.Response:
+        await received.put((request.method, await request.json()))
+        return web.Response()
+
+    receiver = web.Application()
+    receiver.router.add_route("*", "/cb", callback)
+    async with (
+        TestClient(TestServer(receiver)) as hook,
+        TestClient(
+            TestServer(build_app(SandboxConfig(settle_seconds=0, callback_method=method)))
+        ) as sandbox,
+    ):
+        reference = str(uuid.uuid4())
+        headers = {
+            **await token(sandbox),
+            "X-Reference-Id": reference,
+            "X-Callback-Url": str(hook.make_url("/cb")),
+        }
+        resp = await sandbox.post(
+            "/collection/v1_0/requesttopay", json=rtp_body("237670000002"), headers=headers
+        )
+        assert resp.status == 202
+        async with asyncio.timeout(5):
+            verb, body = await received.get()
+    assert verb == method
+    assert body["referenceId"] == reference
+    assert body["status"] == "FAILED"
+    assert body["reason"] == "NOT_ENOUGH_FUNDS"
