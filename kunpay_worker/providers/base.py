@@ -7,7 +7,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
+
+import aiohttp
+
+if TYPE_CHECKING:
+    from kunpay_worker.settings import Settings
 
 __all__ = [
     "AttemptRecord",
@@ -79,9 +84,31 @@ AttemptRecorder = Callable[[AttemptRecord], Awaitable[None]]
 
 class CollectionBackend(Protocol):
     name: ClassVar[str]
+    # Operations this backend can do ("collect", later "disburse", "refund", ...).
+    capabilities: ClassVar[frozenset[str]]
     # Whether sending the same reference twice is harmless (the provider de-duplicates), which
     # decides whether a send with an unknown outcome may ever be repeated (DESIGN.md §5).
     dedupes_by_reference: ClassVar[bool]
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        *,
+        timeout: aiohttp.ClientTimeout,
+        recorder: AttemptRecorder | None,
+    ) -> Self: ...
+
+    @classmethod
+    def configuration_problems(cls, settings: Settings) -> list[str]:
+        """What stops this backend from working with these settings (missing credentials)."""
+        ...
+
+    @classmethod
+    def currencies(cls, settings: Settings) -> list[str]:
+        """The currencies this backend accepts in the configured environment."""
+        ...
 
     async def request_collection(self, request: CollectionRequest) -> SendResult: ...
 

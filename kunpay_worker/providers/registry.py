@@ -1,4 +1,4 @@
-"""Backend name → client. Adding a backend touches its own package and one line here."""
+"""Backend name → class. Adding a backend touches its own package and one line here."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from kunpay_worker.providers.base import AttemptRecorder, CollectionBackend
 from kunpay_worker.providers.mtn_momo.client import MtnMomoClient
 from kunpay_worker.settings import Settings
 
-__all__ = ["CAPABILITIES", "build_backends"]
+__all__ = ["BACKENDS", "build_backends", "configuration_problems", "rejection_for"]
 
-# What each backend can do, per PROVIDERS.md. Only implemented backends appear here.
-CAPABILITIES: dict[str, frozenset[str]] = {
-    "MTN_MOMO": frozenset({"collect"}),
+# The implemented backends; settings may name others (PROVIDERS.md), which start-up refuses.
+BACKENDS: dict[str, type[CollectionBackend]] = {
+    MtnMomoClient.name: MtnMomoClient,
 }
 
 
@@ -21,59 +21,47 @@ def build_backends(
     session: aiohttp.ClientSession,
     recorder: AttemptRecorder | None,
 ) -> dict[str, CollectionBackend]:
+    """One client per backend a provider key maps to, sharing the worker's HTTP session."""
     timeout = aiohttp.ClientTimeout(
         total=settings.http.total_timeout, connect=settings.http.connect_timeout
     )
-    backends: dict[str, CollectionBackend] = {}
-    for name in sorted(settings.enabled_backends()):
-        if name == "MTN_MOMO":
-            backends[name] = MtnMomoClient(
-                settings.mtn_momo, session, timeout=timeout, recorder=recorder
-            )
-    return backends
+    return {
+        name: BACKENDS[name].from_settings(settings, session, timeout=timeout, recorder=recorder)
+        for name in sorted(settings.enabled_backends())
+    }
 
 
 def configuration_problems(settings: Settings) -> list[str]:
     """What stops the configured provider keys from working; empty when all is well."""
     problems = []
     for key, backend in sorted(settings.providers.items()):
-        if backend not in CAPABILITIES:
+        if backend not in BACKENDS:
             problems.append(f"{key} → {backend}: this backend is not implemented yet")
-    if "MTN_MOMO" in settings.enabled_backends():
-        missing = settings.mtn_momo.collection.missing()
-        if missing:
-            problems.append(
-                "MTN_MOMO collection credentials missing: "
-                + ", ".join(f"KUNPAY_MTN_MOMO__COLLECTION__{m.upper()}" for m in missing)
-            )
+    for backend in sorted(settings.enabled_backends() & BACKENDS.keys()):
+        problems += BACKENDS[backend].configuration_problems(settings)
     return problems
-
-
-def backend_currencies(settings: Settings, backend: str) -> list[str]:
-    if backend == "MTN_MOMO":
-        return settings.mtn_momo.currencies
-    return []
 
 
 def rejection_for(settings: Settings, provider: str, operation: str, currency: str) -> str | None:
     """Why this worker cannot do ``operation`` for ``provider`` in ``currency``, or None."""
     backend = settings.providers.get(provider)
-    if backend is None:
+    if backend is None or backend not in BACKENDS:
         configured = ", ".join(sorted(settings.providers)) or "none"
         return (
             f"provider key {provider} is not configured on this worker (configured: {configured})"
         )
-    if operation not in CAPABILITIES.get(backend, frozenset()):
+    cls = BACKENDS[backend]
+    if operation not in cls.capabilities:
         able = sorted(
             key
             for key, name in settings.providers.items()
-            if operation in CAPABILITIES.get(name, frozenset())
+            if name in BACKENDS and operation in BACKENDS[name].capabilities
         )
         return (
             f"{provider} ({backend}) cannot {operation}; provider keys that can: "
             f"{', '.join(able) or 'none'}"
         )
-    accepted = backend_currencies(settings, backend)
+    accepted = cls.currencies(settings)
     if currency not in accepted:
         return f"{backend} here accepts {', '.join(accepted)}, not {currency}"
     return None

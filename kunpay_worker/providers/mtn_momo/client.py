@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import aiohttp
 from pydantic import ValidationError
@@ -43,7 +43,7 @@ from kunpay_worker.providers.mtn_momo.transformers import (
     lookup_from_status,
     request_to_pay_body,
 )
-from kunpay_worker.settings import MtnMomoSettings, MtnProduct
+from kunpay_worker.settings import MtnMomoSettings, MtnProduct, Settings
 
 __all__ = ["MtnMomoClient"]
 
@@ -81,7 +81,31 @@ class _Response:
 
 class MtnMomoClient:
     name: ClassVar[str] = NAME
+    capabilities: ClassVar[frozenset[str]] = frozenset({"collect"})
     dedupes_by_reference: ClassVar[bool] = True
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        *,
+        timeout: aiohttp.ClientTimeout,
+        recorder: AttemptRecorder | None,
+    ) -> Self:
+        return cls(settings.mtn_momo, session, timeout=timeout, recorder=recorder)
+
+    @classmethod
+    def configuration_problems(cls, settings: Settings) -> list[str]:
+        missing = settings.mtn_momo.collection.missing()
+        if not missing:
+            return []
+        names = ", ".join(f"KUNPAY_MTN_MOMO__COLLECTION__{m.upper()}" for m in missing)
+        return [f"MTN_MOMO collection credentials missing: {names}"]
+
+    @classmethod
+    def currencies(cls, settings: Settings) -> list[str]:
+        return settings.mtn_momo.currencies
 
     def __init__(
         self,
