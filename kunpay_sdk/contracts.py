@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -248,7 +249,7 @@ class Event(_Wire):
     def is_final(self) -> bool:
         return self.type in FINAL_EVENT_TYPES
 
-    def process(self, *, reraise: bool = False) -> Any:
+    def process(self, *, reraise: bool = False) -> AbstractAsyncContextManager[None]:
         """Acknowledge this event once the ``async with`` block succeeds (subscriptions only).
 
         An exception in the block returns the event to the queue; after the subscription's
