@@ -259,7 +259,8 @@ class Event(_Wire):
         """
         if self._delivery is None:
             raise RuntimeError("process() is only available on events received from events()")
-        return self._delivery.process(reraise=reraise)
+        manager: AbstractAsyncContextManager[None] = self._delivery.process(reraise=reraise)
+        return manager
 
 
 class RpcRequest(_Wire):
