@@ -431,8 +431,9 @@ class KunPayClient:
             )
         except TransactionNotFound:
             return  # not processed yet: the event will come
-        except (KunPayTimeout, BrokerError) as exc:
-            # The worker may be down or starting: the bound outcome queue still gets the event.
+        except (KunPayTimeout, BrokerError, RemoteError) as exc:
+            # The worker may be down, starting, or without its database: the bound outcome
+            # queue still gets the event.
             log.warning("could not ask for %s (%s); waiting for its event", transaction_id, exc)
             return
         if reply.final_event is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiohttp
@@ -15,7 +16,7 @@ from kunpay_worker.domain.schedule import to_ms
 from kunpay_worker.engine import Engine
 from kunpay_worker.handlers.collect import handle_collect
 from kunpay_worker.handlers.rpc import handle_rpc
-from kunpay_worker.messaging import Dispatcher, Publisher
+from kunpay_worker.messaging import Dispatcher, Publisher, can_impersonate
 from kunpay_worker.outbox import OutboxRelay
 from kunpay_worker.polling import handle_poll
 from kunpay_worker.providers.registry import build_backends, configuration_problems
@@ -87,7 +88,9 @@ class Worker:
         await setup.close()
 
         publisher = Publisher(
-            await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await connection.channel(publisher_confirms=True, on_return_raises=True),
+            # Well inside the outbox lease, so a slow confirm is not published twice.
+            timeout=settings.outbox_lease / 3,
         )
         timeout = aiohttp.ClientTimeout(
             total=settings.http.total_timeout, connect=settings.http.connect_timeout
@@ -109,8 +112,18 @@ class Worker:
                 ),
                 notify=relay.notify,
             )
+            own_user = unquote(urlsplit(settings.amqp_url.get_secret_value()).username or "guest")
+            impersonates = await can_impersonate(connection)
+            if not impersonates:
+                log.warning(
+                    "the worker's broker user has no impersonator tag: commands of apps using "
+                    "another broker user are dead-lettered, not retried, after a transient error",
+                    user=own_user,
+                )
             dispatcher = Dispatcher(
-                publisher,
+                # Its own channel: a refused republish must not close the outbox's channel.
+                Publisher(await connection.channel(publisher_confirms=True, on_return_raises=True)),
+                own_user=None if impersonates else own_user,
                 retry_delays=settings.command_retry_delays,
                 max_attempts=settings.max_command_attempts,
                 delay_tiers_ms={

@@ -12,6 +12,7 @@ redelivered command, a poll and a concurrent worker can race without a second ch
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ class Engine:
         if tx.status is not Status.PENDING:
             return
         if tx.initiation is Initiation.NEW:
-            await self._send(tx, Initiation.NEW)
+            await self._send(tx)
         else:
             # A redelivery or a duplicate: whoever sent it is done or holds the claim.
             await self._ensure_check(tx)
@@ -74,32 +75,36 @@ class Engine:
             log.debug("stale or settled poll dropped", transaction_id=str(tx_id), poll_seq=poll_seq)
             return
         if tx.initiation is Initiation.NEW:
-            await self._send(tx, Initiation.NEW)
+            await self._send(tx)
         elif tx.initiation is Initiation.SENDING and not _lease_expired(tx):
             # Someone is mid-call; look once their lease could have run out.
             remaining = (tx.send_lease_until - _now()).total_seconds()  # type: ignore[operator]
             await self._schedule(tx, max(remaining, 0.0) + 0.05)
         elif tx.initiation in (Initiation.SENDING, Initiation.UNKNOWN):
-            await self._resolve_unknown(tx)
+            await self._resolve_unknown(tx, poll_seq)
         elif tx.initiation is Initiation.SENT:
-            await self._look_up(tx)
+            await self._look_up(tx, poll_seq)
 
     # -- steps -------------------------------------------------------------------------------
 
     def _backend(self, tx: Transaction) -> CollectionBackend:
-        assert tx.backend is not None  # noqa: S101 - PENDING transactions always have one
+        if tx.backend is None:
+            raise RuntimeError(f"PENDING transaction {tx.id} has no backend")
         return self.backends[tx.backend]
 
-    async def _send(self, tx: Transaction, expected: Initiation) -> None:
-        claimed = await repo.claim_send(tx.id, expected, self.settings.send_lease)
+    async def _send(self, tx: Transaction) -> None:
+        """Claim and send. ``tx`` is the state the decision to send was taken on."""
+        expected = tx.initiation
+        claimed = await repo.claim_send(tx.id, expected, tx.send_attempts, self.settings.send_lease)
         if claimed is None:
             # Another delivery holds (or finished) the send: just make sure a check follows.
             await self._ensure_check(tx)
             return
-        bound = log.bind(
-            transaction_id=str(tx.id), backend=tx.backend, send_attempt=claimed.send_attempts
-        )
-        assert claimed.provider_reference is not None  # noqa: S101
+        fence = claimed.send_attempts
+        resend = expected is not Initiation.NEW
+        bound = log.bind(transaction_id=str(tx.id), backend=tx.backend, send_attempt=fence)
+        if claimed.provider_reference is None:
+            raise RuntimeError(f"PENDING transaction {tx.id} has no provider reference")
         request = CollectionRequest(
             transaction_id=str(claimed.id),
             reference=claimed.provider_reference,
@@ -109,79 +114,101 @@ class Engine:
             message=f"{self.settings.mtn_momo.payer_message} {claimed.order_id}"[:160],
             callback_url=self._callback_url(claimed),
         )
-        # Back to this state when the request certainly did not arrive.
-        unsent = Initiation.NEW if expected is Initiation.NEW else Initiation.UNKNOWN
+        next_check = self._next_delay(claimed)
         try:
-            result = await self._backend(claimed).request_collection(request)
+            # Never outlive the claim: past the lease, another delivery may take over.
+            async with asyncio.timeout(self.settings.send_lease * 0.9):
+                result = await self._backend(claimed).request_collection(request)
         except ProviderRefused as exc:
             reason = exc.provider_code or f"HTTP_{exc.http_status}"
-            bound.info("provider refused", reason=reason)
-            await repo.record_refused(claimed.id, reason)
+            if resend:
+                # A refused copy proves nothing about the first send, which may be registering.
+                bound.warning("resend refused; looking the first one up", reason=reason)
+                await repo.record_sent(claimed.id, fence, Initiation.UNKNOWN, next_check, self.plan)
+            else:
+                bound.info("provider refused", reason=reason)
+                await repo.record_refused(claimed.id, fence, reason)
         except ProviderNotReached as exc:
-            if (
-                unsent is Initiation.NEW
-                and claimed.send_attempts >= self.settings.max_send_attempts
-            ):
+            throttled = isinstance(exc, ProviderThrottled)
+            if not resend and not throttled and fence >= self.settings.max_send_attempts:
                 # Every attempt certainly failed to arrive, so failing is safe: nothing charged.
                 bound.warning("provider unreachable, giving up", error=str(exc))
-                await repo.fail_unsent(claimed.id, f"PROVIDER_UNREACHABLE: {exc}"[:500])
+                await repo.fail_unsent(claimed.id, fence, f"PROVIDER_UNREACHABLE: {exc}"[:500])
             else:
                 delay = (
                     exc.retry_after
                     if isinstance(exc, ProviderThrottled) and exc.retry_after is not None
-                    else retry_delay(claimed.send_attempts, self.settings.command_retry_delays)
+                    else retry_delay(fence, self.settings.command_retry_delays)
                 )
                 bound.warning("provider not reached; will send again", error=str(exc), delay=delay)
-                await repo.record_sent(claimed.id, unsent, delay, self.plan)
-        except ProviderError as exc:
+                await repo.record_sent(
+                    claimed.id,
+                    fence,
+                    Initiation.UNKNOWN if resend else Initiation.NEW,
+                    delay,
+                    self.plan,
+                    uncount=throttled,
+                )
+        except (ProviderError, TimeoutError) as exc:
             # Timeout, 5xx, dropped connection, unreadable answer: it may have been processed.
-            bound.warning("send outcome unknown; will look it up", error=str(exc))
+            bound.warning("send outcome unknown; will look it up", error=str(exc) or repr(exc))
             await repo.record_sent(
-                claimed.id, Initiation.UNKNOWN, self._next_delay(claimed), self.plan
+                claimed.id, fence, Initiation.UNKNOWN, next_check or self.plan.delays[0], self.plan
             )
         else:
             # DUPLICATE: the provider already had this reference, so an earlier send landed.
             bound.info("sent", result=str(result))
-            await repo.record_sent(
-                claimed.id, Initiation.SENT, self._next_delay(claimed), self.plan
-            )
+            await repo.record_sent(claimed.id, fence, Initiation.SENT, next_check, self.plan)
         self.notify()
 
-    async def _resolve_unknown(self, tx: Transaction) -> None:
+    async def _resolve_unknown(self, tx: Transaction, poll_seq: int) -> None:
         """The last send's outcome is unknown: ask the provider before anything else."""
-        lookup = await self._lookup(tx)
+        lookup = await self._lookup(tx, poll_seq)
         if lookup is None:
             return
         if lookup.found:
-            await self._record(tx, lookup)
+            await self._record(tx, poll_seq, lookup)
             return
-        backend = self._backend(tx)
-        if backend.dedupes_by_reference and tx.send_attempts < self.settings.max_send_attempts:
+        if not self._backend(tx).dedupes_by_reference:
+            await self._record(tx, poll_seq, None)
+            return
+        if tx.send_attempts < self.settings.max_send_attempts:
             # The provider never registered the reference and would drop a duplicate: resend.
-            await self._send(tx, tx.initiation)
+            # The claim is fenced by the attempts seen before the lookup, so a lookup that
+            # raced with someone else's resend cannot send again.
+            await self._send(tx)
             return
-        await self._record(tx, None)
+        await self._record(
+            tx,
+            poll_seq,
+            None,
+            give_up=f"NOT_REGISTERED: {tx.backend} never registered the request "
+            f"after {tx.send_attempts} attempts",
+        )
 
-    async def _look_up(self, tx: Transaction) -> None:
-        lookup = await self._lookup(tx)
+    async def _look_up(self, tx: Transaction, poll_seq: int) -> None:
+        lookup = await self._lookup(tx, poll_seq)
         if lookup is None:
             return
         if not lookup.found:
             log.warning("provider does not know a sent reference", transaction_id=str(tx.id))
-            await self._record(tx, None)
+            await self._record(tx, poll_seq, None)
             return
-        await self._record(tx, lookup)
+        await self._record(tx, poll_seq, lookup)
 
-    async def _lookup(self, tx: Transaction) -> Lookup | None:
-        assert tx.provider_reference is not None  # noqa: S101
+    async def _lookup(self, tx: Transaction, poll_seq: int) -> Lookup | None:
+        if tx.provider_reference is None:
+            raise RuntimeError(f"PENDING transaction {tx.id} has no provider reference")
         try:
             return await self._backend(tx).lookup_collection(tx.provider_reference, str(tx.id))
         except ProviderError as exc:
             log.warning("status lookup failed", transaction_id=str(tx.id), error=str(exc))
-            await self._record(tx, None)
+            await self._record(tx, poll_seq, None)
             return None
 
-    async def _record(self, tx: Transaction, lookup: Lookup | None) -> None:
+    async def _record(
+        self, tx: Transaction, poll_seq: int, lookup: Lookup | None, *, give_up: str | None = None
+    ) -> None:
         """Record one check: the provider's answer (None: no usable answer) and the next."""
         observation = None
         if lookup is not None and lookup.found and lookup.status is not None:
@@ -192,22 +219,24 @@ class Engine:
             )
         event = await repo.record_check(
             tx.id,
-            tx.poll_seq,
+            poll_seq,
             observation,
             plan=self.plan,
             found_reference=lookup is not None and lookup.found,
+            give_up=give_up,
         )
         if event is not None:
             log.info(
                 "transaction settled",
                 transaction_id=str(tx.id),
-                status=str(observation.status) if observation else None,
-                reason=observation.reason if observation else None,
+                status=str(event.transaction.status) if event.transaction else None,
+                reason=event.reason,
             )
         self.notify()
 
     async def _ensure_check(self, tx: Transaction) -> None:
-        if await repo.schedule_poll(tx.id, self._next_delay(tx) or self.plan.delays[0], self.plan):
+        delay = self._next_delay(tx) or self.plan.delays[0]
+        if await repo.schedule_poll(tx.id, delay, self.plan, unless_due_sooner=True):
             self.notify()
 
     async def _schedule(self, tx: Transaction, delay: float) -> None:

@@ -23,7 +23,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from kunpay_sdk import topology
 from kunpay_worker.domain.schedule import retry_delay, tier_for, to_ms
 
-__all__ = ["Delivery", "Dispatcher", "Publisher", "Reject", "Retry"]
+__all__ = ["Delivery", "Dispatcher", "Publisher", "Reject", "Retry", "can_impersonate"]
 
 log = structlog.get_logger("kunpay.messaging")
 
@@ -31,12 +31,20 @@ ATTEMPT_HEADER = "x-kunpay-attempt"
 
 
 class Retry(Exception):
-    """Handle this message again later (``delay`` seconds, else the backoff schedule)."""
+    """Handle this message again later (``delay`` seconds, else the backoff schedule).
 
-    def __init__(self, reason: str, *, delay: float | None = None) -> None:
+    ``keep_trying``: never dead-letter for running out of attempts; past ``max_attempts`` the
+    message keeps coming back at the longest delay tier. For valid commands and polls, which the
+    reliability contract counts as lost if they sit in the dead-letter queue.
+    """
+
+    def __init__(
+        self, reason: str, *, delay: float | None = None, keep_trying: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.delay = delay
+        self.keep_trying = keep_trying
 
 
 class Reject(Exception):
@@ -115,11 +123,15 @@ class Dispatcher:
         retry_delays: list[float],
         max_attempts: int,
         delay_tiers_ms: dict[str, list[int]],
+        own_user: str | None = None,
     ) -> None:
         self.publisher = publisher
         self.retry_delays = retry_delays
         self.max_attempts = max_attempts
         self.delay_tiers_ms = delay_tiers_ms
+        # Set when the worker's broker user cannot impersonate: then only its own user's
+        # messages can be republished with their user_id.
+        self.own_user = own_user
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -157,10 +169,12 @@ class Dispatcher:
         except Reject as verdict:
             await self.dead_letter(message, verdict.reason, verdict.detail, attempt=attempt)
         except Retry as verdict:
-            await self._retry(target, message, attempt, verdict.reason, verdict.delay)
+            await self._retry(
+                target, message, attempt, verdict.reason, verdict.delay, verdict.keep_trying
+            )
         except Exception as exc:
             log.exception("handler failed", queue=target, message_id=message.message_id)
-            await self._retry(target, message, attempt, f"{type(exc).__name__}: {exc}", None)
+            await self._retry(target, message, attempt, f"{type(exc).__name__}: {exc}", None, False)
         else:
             await _settle(message.ack())
 
@@ -171,9 +185,23 @@ class Dispatcher:
         attempt: int,
         reason: str,
         delay: float | None,
+        keep_trying: bool,
     ) -> None:
         if attempt >= self.max_attempts:
-            await self.dead_letter(message, "retries_exhausted", reason, attempt=attempt)
+            if not keep_trying:
+                await self.dead_letter(message, "retries_exhausted", reason, attempt=attempt)
+                return
+            log.error(
+                "message keeps failing; retrying", queue=target, attempt=attempt, reason=reason
+            )
+        if self.own_user is not None and message.user_id not in (None, self.own_user):
+            await self.dead_letter(
+                message,
+                "cannot_retry_identity",
+                f"{reason}; the worker's broker user needs the impersonator tag to retry a "
+                f"command of {message.user_id!r}",
+                attempt=attempt,
+            )
             return
         seconds = delay if delay is not None else retry_delay(attempt, self.retry_delays)
         tier = tier_for(to_ms(seconds), self.delay_tiers_ms[target])
@@ -236,3 +264,23 @@ async def _settle(action: Awaitable[Any]) -> None:
         await action
     except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
         log.warning("could not settle a message; it will be redelivered", error=repr(exc))
+
+
+async def can_impersonate(connection: aio_pika.abc.AbstractConnection) -> bool:
+    """Whether this broker user may publish with another user's ``user_id`` (impersonator tag)."""
+    channel = await connection.channel(publisher_confirms=True)
+    try:
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                b"", user_id="kunpay-impersonation-probe", message_id=str(uuid.uuid4())
+            ),
+            routing_key="kunpay.impersonation-probe",  # no such queue: the message goes nowhere
+            mandatory=False,
+            timeout=10,
+        )
+    except aiormq.exceptions.ChannelPreconditionFailed:
+        return False
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return True

@@ -66,8 +66,12 @@ class OutboxRelay:
             rows = await self._claim()
             if not rows:
                 return total
-            results = await asyncio.gather(*(self._publish(row) for row in rows))
-            sent = [row.id for row, ok in zip(rows, results, strict=True) if ok]
+            # One transaction's rows in order, transactions side by side.
+            groups: dict[object, list[OutboxMessage]] = {}
+            for row in rows:
+                groups.setdefault(row.transaction_id or row.id, []).append(row)
+            results = await asyncio.gather(*(self._publish_in_order(g) for g in groups.values()))
+            sent = [row_id for group in results for row_id in group]
             if sent:
                 await OutboxMessage.filter(id__in=sent).delete()
             total += len(sent)
@@ -83,22 +87,33 @@ class OutboxRelay:
         claim = uuid.uuid4().hex
         free = Q(lease_until__isnull=True) | Q(lease_until__lt=now)
         async with in_transaction():
-            ids = (
+            # Whole rows: Tortoise drops FOR UPDATE from values_list() queries.
+            candidates = (
                 await OutboxMessage.filter(free)
                 .order_by("id")
                 .limit(self._batch)
                 .select_for_update(skip_locked=True)
-                .values_list("id", flat=True)
+                .only("id")
             )
+            ids = [row.id for row in candidates]
             if not ids:
                 return []
             # The lease condition again: on SQLite, this UPDATE is what makes the claim exclusive.
-            await OutboxMessage.filter(free, id__in=list(ids)).update(
+            await OutboxMessage.filter(free, id__in=ids).update(
                 lease_until=now + timedelta(seconds=self._lease),
                 claim=claim,
                 attempts=F("attempts") + 1,
             )
         return await OutboxMessage.filter(claim=claim).order_by("id")
+
+    async def _publish_in_order(self, rows: list[OutboxMessage]) -> list[int]:
+        """Publish until one fails; the rest of the group waits, so order is kept."""
+        sent = []
+        for row in rows:
+            if not await self._publish(row):
+                break
+            sent.append(row.id)
+        return sent
 
     async def _publish(self, row: OutboxMessage) -> bool:
         try:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
 
 from kunpay_worker.engine import Engine
-from kunpay_worker.messaging import Delivery, Reject
+from kunpay_worker.messaging import Delivery, Reject, Retry
 
 __all__ = ["PollMessage", "handle_poll"]
 
@@ -36,5 +36,8 @@ async def handle_poll(delivery: Delivery, *, engine: Engine) -> None:
     )
     try:
         await engine.check(poll.transaction_id, poll.poll_seq)
+    except Exception as exc:
+        # A lost poll strands a PENDING transaction: retry it, however long.
+        raise Retry(f"{type(exc).__name__}: {exc}", keep_trying=True) from exc
     finally:
         structlog.contextvars.clear_contextvars()

@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     # Outbox relay: rows per batch, sweep interval for rows left behind, claim lease.
     outbox_batch: int = Field(200, ge=1)
     outbox_sweep_interval: float = Field(1.0, gt=0)
-    outbox_lease: float = Field(30.0, gt=0)
+    outbox_lease: float = Field(15.0, gt=0)
     # Seconds to finish in-flight messages on SIGTERM.
     shutdown_grace: float = Field(20.0, ge=0)
     # Base of the callback URLs sent to providers; no callbacks requested when unset.

@@ -13,7 +13,7 @@ from kunpay_sdk.contracts import (
 )
 from kunpay_sdk.errors import ValidationError
 from kunpay_worker.engine import Engine
-from kunpay_worker.messaging import Delivery, Reject
+from kunpay_worker.messaging import Delivery, Reject, Retry
 from kunpay_worker.providers.registry import rejection_for
 from kunpay_worker.settings import Settings
 from kunpay_worker.storage import repository as repo
@@ -76,22 +76,29 @@ async def handle_collect(delivery: Delivery, *, engine: Engine, settings: Settin
         attempt=delivery.attempt,
     )
     try:
-        fields, rejection, backend = validate(command, settings)
-        intake = await repo.take_in_collect(
-            command, app=app, fields=fields, rejection=rejection, backend=backend
-        )
-        engine.notify()
-        tx = intake.transaction
-        if tx is not None:
-            await engine.after_intake(tx)
-            tx = await repo.load(tx.id)
-        log.info(
-            "command handled",
-            operation=command.operation,
-            intake=str(intake.outcome) if intake.outcome else "REDELIVERY",
-            status=str(tx.status) if tx else "REJECTED",
-            initiation=str(tx.initiation) if tx else None,
-            reason=rejection,
-        )
+        await _handle(command, app, engine, settings)
+    except Exception as exc:
+        # A valid command must not end in the dead-letter queue: retry it, however long.
+        raise Retry(f"{type(exc).__name__}: {exc}", keep_trying=True) from exc
     finally:
         structlog.contextvars.clear_contextvars()
+
+
+async def _handle(command: CollectCommand, app: str, engine: Engine, settings: Settings) -> None:
+    fields, rejection, backend = validate(command, settings)
+    intake = await repo.take_in_collect(
+        command, app=app, fields=fields, rejection=rejection, backend=backend, plan=engine.plan
+    )
+    engine.notify()
+    tx = intake.transaction
+    if tx is not None:
+        await engine.after_intake(tx)
+        tx = await repo.load(tx.id)
+    log.info(
+        "command handled",
+        operation=command.operation,
+        intake=str(intake.outcome) if intake.outcome else "REDELIVERY",
+        status=str(tx.status) if tx else "REJECTED",
+        initiation=str(tx.initiation) if tx else None,
+        reason=rejection,
+    )

@@ -194,19 +194,24 @@ async def take_in_collect(
     fields: ValidatedCollect | None,
     rejection: str | None,
     backend: str | None,
+    plan: PollPlan,
 ) -> Intake:
     """Record a collect command: a new PENDING (or REJECTED) transaction, a duplicate of an
-    existing one, or an idempotency conflict rejected by command id. Idempotent per command id."""
+    existing one, or an idempotency conflict rejected by command id. Idempotent per command id.
+
+    A new PENDING transaction also gets its first check scheduled, so it moves on even if this
+    delivery goes no further (the send supersedes that check)."""
     fingerprint = (
         command_fingerprint(command.operation, fields) if fields else raw_fingerprint(command)
     )
+    args = (command, app, fields, rejection, backend, fingerprint, plan)
     for _ in range(2):
         try:
-            return await _take_in_collect(command, app, fields, rejection, backend, fingerprint)
+            return await _take_in_collect(*args)
         except IntegrityError:
             # A concurrent delivery inserted the same command or transaction: look again.
             continue
-    return await _take_in_collect(command, app, fields, rejection, backend, fingerprint)
+    return await _take_in_collect(*args)
 
 
 async def _take_in_collect(
@@ -216,6 +221,7 @@ async def _take_in_collect(
     rejection: str | None,
     backend: str | None,
     fingerprint: str,
+    plan: PollPlan,
 ) -> Intake:
     now = utcnow()
     async with in_transaction():
@@ -302,30 +308,17 @@ async def _take_in_collect(
         )
         await _set_status(tx, tx.status, rejection, now, command_id=command.command_id)
         await Transaction.filter(id=tx.id).update(event_seq=tx.event_seq)
+        if not rejected:
+            await _schedule_poll(tx, plan.delays[0], plan, now)
         return Intake(InboxOutcome.ACCEPTED, tx)
 
 
 # -- sending (DESIGN.md §5 steps 3-5) ---------------------------------------------------------
-
-
-async def claim_send(tx_id: uuid.UUID, expected: Initiation, lease: float) -> Transaction | None:
-    """Claim the right to send: ``expected → SENDING`` with a lease, committed before the call.
-
-    A SENDING claim can only be taken over once its lease has expired.
-    """
-    now = utcnow()
-    condition = Q(id=tx_id, status=Status.PENDING, initiation=expected)
-    if expected is Initiation.SENDING:
-        condition &= Q(send_lease_until__lt=now)
-    updated = await Transaction.filter(condition).update(
-        initiation=Initiation.SENDING,
-        send_lease_until=now + timedelta(seconds=lease),
-        send_attempts=F("send_attempts") + 1,
-        updated_at=now,
-    )
-    if updated != 1:
-        return None
-    return await Transaction.get(id=tx_id)
+#
+# ``send_attempts`` is the claim's fencing token: claiming increments it, and every write that
+# records a send's answer requires ``initiation = SENDING`` *and* the attempt number of its own
+# claim. A worker whose lease ran out while it was still waiting on the provider can therefore
+# never overwrite the state of the claim that took over.
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +328,30 @@ class PollPlan:
     delays: Sequence[float]
     tiers_ms: Sequence[int]
     janitor_interval: float
+
+
+async def claim_send(
+    tx_id: uuid.UUID, expected: Initiation, attempts_seen: int, lease: float
+) -> Transaction | None:
+    """Claim the right to send: ``expected → SENDING`` with a lease, committed before the call.
+
+    ``attempts_seen`` is ``send_attempts`` as the caller saw it when it decided to send: if
+    anyone claimed since, the decision was taken on stale facts and the claim fails. A SENDING
+    claim can only be taken over once its lease has expired.
+    """
+    now = utcnow()
+    condition = Q(id=tx_id, status=Status.PENDING, initiation=expected, send_attempts=attempts_seen)
+    if expected is Initiation.SENDING:
+        condition &= Q(send_lease_until__lt=now)
+    updated = await Transaction.filter(condition).update(
+        initiation=Initiation.SENDING,
+        send_lease_until=now + timedelta(seconds=lease),
+        send_attempts=attempts_seen + 1,
+        updated_at=now,
+    )
+    if updated != 1:
+        return None
+    return await Transaction.get(id=tx_id)
 
 
 def _poll_message(tx: Transaction, delay: float, plan: PollPlan, now: datetime) -> OutboxMessage:
@@ -373,51 +390,92 @@ async def _lock(tx_id: uuid.UUID) -> Transaction | None:
     return await Transaction.select_for_update().get_or_none(id=tx_id)
 
 
-async def schedule_poll(tx_id: uuid.UUID, delay: float | None, plan: PollPlan) -> bool:
-    """Make sure a check is coming (bumps ``poll_seq``). False if the transaction is settled."""
+async def schedule_poll(
+    tx_id: uuid.UUID, delay: float, plan: PollPlan, *, unless_due_sooner: bool = False
+) -> bool:
+    """Make sure a check is coming ``delay`` seconds from now (bumps ``poll_seq``).
+
+    With ``unless_due_sooner``, a check due between now and then is left alone, so repeated
+    duplicates cannot keep pushing the chain back; an overdue one (its message lost, or stuck
+    in a crashed worker's outbox claim) is replaced. False if nothing was scheduled.
+    """
     async with in_transaction():
         tx = await _lock(tx_id)
         if tx is None or tx.status is not Status.PENDING:
             return False
-        await _schedule_poll(tx, delay, plan, utcnow())
+        now = utcnow()
+        if (
+            unless_due_sooner
+            and tx.next_poll_at is not None
+            and now < tx.next_poll_at <= now + timedelta(seconds=delay)
+        ):
+            return False
+        await _schedule_poll(tx, delay, plan, now)
         return True
+
+
+async def _lock_claim(tx_id: uuid.UUID, fence: int) -> Transaction | None:
+    """The row, locked, if the claim with attempt number ``fence`` still holds it."""
+    tx = await _lock(tx_id)
+    if (
+        tx is None
+        or tx.status is not Status.PENDING
+        or tx.initiation is not Initiation.SENDING
+        or tx.send_attempts != fence
+    ):
+        return None
+    return tx
 
 
 async def record_sent(
-    tx_id: uuid.UUID, initiation: Initiation, delay: float | None, plan: PollPlan
+    tx_id: uuid.UUID,
+    fence: int,
+    initiation: Initiation,
+    delay: float | None,
+    plan: PollPlan,
+    *,
+    uncount: bool = False,
 ) -> bool:
     """Record the send's answer (SENT or UNKNOWN, or NEW/UNKNOWN again when the request
-    certainly did not arrive) and schedule the next check, in one DB transaction."""
+    certainly did not arrive) and schedule the next check, in one DB transaction.
+
+    ``uncount``: the attempt does not count toward the limit (the provider throttled us).
+    False when the claim was lost (our lease expired and another delivery took over)."""
     async with in_transaction():
-        tx = await _lock(tx_id)
-        if tx is None or tx.initiation is not Initiation.SENDING:
-            return False  # another delivery took over after our lease expired
+        tx = await _lock_claim(tx_id, fence)
+        if tx is None:
+            return False
         now = utcnow()
-        await Transaction.filter(id=tx_id, initiation=Initiation.SENDING).update(
-            initiation=initiation, send_lease_until=None, updated_at=now
+        attempts = fence - 1 if uncount else fence
+        await Transaction.filter(id=tx_id, send_attempts=fence).update(
+            initiation=initiation, send_lease_until=None, send_attempts=attempts, updated_at=now
         )
-        if tx.status is Status.PENDING:
-            await _schedule_poll(tx, delay, plan, now)
+        await _schedule_poll(tx, delay, plan, now)
         return True
 
 
-async def record_refused(tx_id: uuid.UUID, reason: str) -> Event | None:
+async def record_refused(tx_id: uuid.UUID, fence: int, reason: str) -> Event | None:
     """The provider refused the request: the transaction FAILS with the provider's reason."""
     async with in_transaction():
-        tx = await _lock(tx_id)
-        if tx is None or tx.initiation is not Initiation.SENDING or tx.status is not Status.PENDING:
+        tx = await _lock_claim(tx_id, fence)
+        if tx is None:
             return None
-        now = utcnow()
         return await _set_status(
-            tx, Status.FAILED, reason, now, initiation=Initiation.REFUSED, send_lease_until=None
+            tx,
+            Status.FAILED,
+            reason,
+            utcnow(),
+            initiation=Initiation.REFUSED,
+            send_lease_until=None,
+            next_poll_at=None,
         )
 
 
-async def fail_unsent(tx_id: uuid.UUID, reason: str) -> Event | None:
+async def fail_unsent(tx_id: uuid.UUID, fence: int, reason: str) -> Event | None:
     """Give up on a claimed transaction whose request never reached the provider."""
     async with in_transaction():
-        tx = await _lock(tx_id)
-        if tx is None or tx.initiation is not Initiation.SENDING or tx.status is not Status.PENDING:
+        tx = await _lock_claim(tx_id, fence)
+        if tx is None:
             return None
         return await _set_status(
             tx,
@@ -441,20 +499,26 @@ class Observation:
 
 async def record_check(
     tx_id: uuid.UUID,
-    poll_seq: int | None,
+    poll_seq: int,
     observation: Observation | None,
     *,
     plan: PollPlan,
     found_reference: bool,
+    give_up: str | None = None,
 ) -> Event | None:
-    """Record one check of a PENDING transaction: the provider's status (if any) and the next
-    check. ``poll_seq`` guards against a stale chain; ``found_reference`` moves a SENDING (expired
-    lease) or UNKNOWN initiation to SENT."""
+    """Record one check of a PENDING transaction and schedule the next.
+
+    A final observation (COMPLETED/FAILED) is applied whatever ``poll_seq``: the status
+    compare-and-set is what guards it. Otherwise ``poll_seq`` must still be the row's, so a stale
+    chain neither counts nor schedules. ``found_reference`` moves a SENDING (expired lease) or
+    UNKNOWN initiation to SENT. ``give_up``: when the schedule is spent, FAIL with this reason
+    (only ever for a request the provider says it never registered)."""
     async with in_transaction():
         tx = await _lock(tx_id)
         if tx is None or tx.status is not Status.PENDING:
             return None
-        if poll_seq is not None and tx.poll_seq != poll_seq:
+        final = observation is not None and observation.status is not Status.PENDING
+        if not final and tx.poll_seq != poll_seq:
             return None
         now = utcnow()
         changes: dict[str, Any] = {"poll_count": tx.poll_count + 1}
@@ -462,12 +526,16 @@ async def record_check(
             changes.update(initiation=Initiation.SENT, send_lease_until=None)
         if observation and observation.provider_transaction_id:
             changes["provider_transaction_id"] = observation.provider_transaction_id
-        if observation is not None and observation.status is not Status.PENDING:
+        if observation is not None and final:
             changes["next_poll_at"] = None
             return await _set_status(tx, observation.status, observation.reason, now, **changes)
+        delay = next_poll_delay(tx.poll_count + 1, plan.delays)
+        if delay is None and give_up is not None:
+            changes.update(next_poll_at=None, initiation=Initiation.NOT_SENT, send_lease_until=None)
+            return await _set_status(tx, Status.FAILED, give_up, now, **changes)
         await Transaction.filter(id=tx_id).update(**changes, updated_at=now)
         tx.poll_count += 1
-        await _schedule_poll(tx, next_poll_delay(tx.poll_count, plan.delays), plan, now)
+        await _schedule_poll(tx, delay, plan, now)
         return None
 
 

@@ -1,0 +1,243 @@
+"""The repository's compare-and-set rules on the real databases (SQLite and PostgreSQL):
+concurrent deliveries of one transaction produce one claim, one transition, one event."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from tortoise import Tortoise
+from tortoise.backends.base.executor import EXECUTOR_CACHE
+
+from kunpay_sdk.contracts import CollectCommand, Status, transaction_id_for, validate_collect
+from kunpay_worker.settings import Settings
+from kunpay_worker.storage import db
+from kunpay_worker.storage import repository as repo
+from kunpay_worker.storage.models import (
+    InboxCommand,
+    Initiation,
+    OutboxMessage,
+    Transaction,
+    TransactionStatus,
+)
+from tests.integration.harness import Database
+
+pytestmark = pytest.mark.integration
+
+PLAN = repo.PollPlan(delays=[0.2, 0.4], tiers_ms=[200, 400], janitor_interval=3600)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    database = await Database.create(request.param, tmp_path)
+    # Tortoise caches SQL per connection name: another dialect's statements must not leak in.
+    EXECUTOR_CACHE.clear()
+    settings = Settings(database_url=database.url)  # type: ignore[arg-type]
+    await db.migrate(settings)
+    await db.init(settings)
+    try:
+        yield database
+    finally:
+        await Tortoise.close_connections()
+        EXECUTOR_CACHE.clear()
+        await database.drop()
+
+
+def command(key: str | None = None, amount: str = "5000") -> CollectCommand:
+    key = key or uuid.uuid4().hex
+    return CollectCommand(
+        command_id=uuid.uuid4(),
+        transaction_id=transaction_id_for("shop", "collect", key),
+        idempotency_key=key,
+        provider="MTN_CAMEROON",
+        amount=Decimal(amount),
+        currency="XAF",
+        phone_number="670000000",
+        order_id="o-1",
+        user_id="u-1",
+        issued_at=datetime.now(UTC),
+    )
+
+
+async def take_in(cmd: CollectCommand) -> repo.Intake:
+    fields = validate_collect(
+        provider=cmd.provider,
+        amount=cmd.amount,
+        currency=cmd.currency,
+        phone_number=cmd.phone_number,
+        order_id=cmd.order_id,
+        user_id=cmd.user_id,
+    )
+    return await repo.take_in_collect(
+        cmd, app="shop", fields=fields, rejection=None, backend="MTN_MOMO", plan=PLAN
+    )
+
+
+async def new_tx() -> Transaction:
+    intake = await take_in(command())
+    assert intake.transaction is not None
+    return intake.transaction
+
+
+@pytest.mark.usefixtures("database")
+async def test_intake_writes_the_transaction_its_status_its_event_and_a_first_check() -> None:
+    tx = await new_tx()
+    assert tx.status is Status.PENDING
+    assert tx.initiation is Initiation.NEW
+    assert uuid.UUID(tx.provider_reference or "").version == 4
+    statuses = await TransactionStatus.filter(transaction_id=tx.id)
+    assert [(s.status, s.event_type, s.sequence) for s in statuses] == [
+        (Status.PENDING, "payment.initiated", 1)
+    ]
+    kinds = sorted(m.message_type for m in await OutboxMessage.filter(transaction_id=tx.id))
+    assert kinds == ["payment.initiated", "poll"]
+    assert (await Transaction.get(id=tx.id)).poll_seq == 1
+
+
+@pytest.mark.usefixtures("database")
+async def test_concurrent_intakes_of_one_command_make_one_transaction() -> None:
+    cmd = command()
+    results = await asyncio.gather(*(take_in(cmd) for _ in range(5)))
+    assert {r.transaction.id for r in results if r.transaction} == {cmd.transaction_id}
+    assert await InboxCommand.filter(command_id=cmd.command_id).count() == 1
+    assert await TransactionStatus.filter(transaction_id=cmd.transaction_id).count() == 1
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_key_reused_with_other_content_is_a_conflict_that_leaves_the_transaction() -> None:
+    first = command("k-conflict")
+    await take_in(first)
+    other = command("k-conflict", amount="9999")
+    intake = await take_in(other)
+    assert intake.transaction is None
+    inbox = await InboxCommand.get(command_id=other.command_id)
+    assert inbox.reason is not None
+    assert inbox.reason.startswith("IDEMPOTENCY_CONFLICT")
+    tx = await Transaction.get(id=first.transaction_id)
+    assert tx.amount == Decimal("5000")
+    assert await TransactionStatus.filter(transaction_id=tx.id).count() == 1
+
+
+@pytest.mark.usefixtures("database")
+async def test_only_one_of_many_concurrent_claims_wins() -> None:
+    tx = await new_tx()
+    claims = await asyncio.gather(
+        *(repo.claim_send(tx.id, Initiation.NEW, 0, lease=60) for _ in range(8))
+    )
+    assert sum(c is not None for c in claims) == 1
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_claim_decided_on_stale_facts_fails() -> None:
+    tx = await new_tx()
+    assert await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60)
+    await repo.record_sent(tx.id, 1, Initiation.UNKNOWN, 0.2, PLAN)
+    # Two checks both saw UNKNOWN with one attempt; the first resends, the second must not.
+    assert await repo.claim_send(tx.id, Initiation.UNKNOWN, 1, lease=60)
+    await repo.record_sent(tx.id, 2, Initiation.UNKNOWN, 0.2, PLAN)
+    assert await repo.claim_send(tx.id, Initiation.UNKNOWN, 1, lease=60) is None
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_worker_whose_lease_ran_out_cannot_overwrite_the_takeover() -> None:
+    tx = await new_tx()
+    first = await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60)
+    assert first is not None
+    # The lease runs out while the first worker still waits on the provider...
+    await Transaction.filter(id=tx.id).update(
+        send_lease_until=datetime.now(UTC) - timedelta(seconds=1)
+    )
+    second = await repo.claim_send(tx.id, Initiation.SENDING, first.send_attempts, lease=60)
+    assert second is not None
+    # ...then answers late: none of its writes may land.
+    assert not await repo.record_sent(tx.id, first.send_attempts, Initiation.NEW, 1, PLAN)
+    assert await repo.record_refused(tx.id, first.send_attempts, "LATE") is None
+    assert await repo.fail_unsent(tx.id, first.send_attempts, "LATE") is None
+    current = await Transaction.get(id=tx.id)
+    assert current.status is Status.PENDING
+    assert current.initiation is Initiation.SENDING
+    assert current.send_attempts == second.send_attempts
+    assert await repo.record_sent(tx.id, second.send_attempts, Initiation.SENT, 0.2, PLAN)
+
+
+@pytest.mark.usefixtures("database")
+async def test_concurrent_final_observations_make_one_transition_and_one_event() -> None:
+    tx = await new_tx()
+    await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60)
+    await repo.record_sent(tx.id, 1, Initiation.SENT, 0.2, PLAN)
+    seq = (await Transaction.get(id=tx.id)).poll_seq
+    done = repo.Observation(Status.COMPLETED, None, "123")
+    events = await asyncio.gather(
+        *(repo.record_check(tx.id, seq, done, plan=PLAN, found_reference=True) for _ in range(6))
+    )
+    assert sum(e is not None for e in events) == 1
+    rows = await TransactionStatus.filter(transaction_id=tx.id).order_by("id")
+    assert [r.status for r in rows] == [Status.PENDING, Status.COMPLETED]
+    assert [r.sequence for r in rows] == [1, 2]
+    succeeded = await OutboxMessage.filter(transaction_id=tx.id, message_type="payment.succeeded")
+    assert len(succeeded) == 1
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_final_observation_counts_even_from_a_stale_poll() -> None:
+    tx = await new_tx()
+    await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60)
+    await repo.record_sent(tx.id, 1, Initiation.SENT, 0.2, PLAN)
+    stale = (await Transaction.get(id=tx.id)).poll_seq - 1
+    pending = repo.Observation(Status.PENDING, None, None)
+    assert await repo.record_check(tx.id, stale, pending, plan=PLAN, found_reference=True) is None
+    assert (await Transaction.get(id=tx.id)).poll_count == 0  # a stale chain does not count
+    done = repo.Observation(Status.COMPLETED, None, "123")
+    assert await repo.record_check(tx.id, stale, done, plan=PLAN, found_reference=True)
+    assert (await Transaction.get(id=tx.id)).status is Status.COMPLETED
+
+
+@pytest.mark.usefixtures("database")
+async def test_duplicates_do_not_push_back_a_check_that_is_already_due() -> None:
+    tx = await new_tx()
+    before = await Transaction.get(id=tx.id)
+    assert not await repo.schedule_poll(tx.id, 0.4, PLAN, unless_due_sooner=True)
+    after = await Transaction.get(id=tx.id)
+    assert (after.poll_seq, after.next_poll_at) == (before.poll_seq, before.next_poll_at)
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_never_registered_request_fails_once_the_schedule_is_spent() -> None:
+    tx = await new_tx()
+    await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60)
+    await repo.record_sent(tx.id, 1, Initiation.UNKNOWN, 0.2, PLAN)
+    reason = "NOT_REGISTERED: never registered"
+    for _ in range(len(PLAN.delays) - 1):
+        seq = (await Transaction.get(id=tx.id)).poll_seq
+        assert (
+            await repo.record_check(
+                tx.id, seq, None, plan=PLAN, found_reference=False, give_up=reason
+            )
+            is None
+        )
+    seq = (await Transaction.get(id=tx.id)).poll_seq
+    event = await repo.record_check(
+        tx.id, seq, None, plan=PLAN, found_reference=False, give_up=reason
+    )
+    assert event is not None
+    assert event.type == "payment.failed"
+    final = await Transaction.get(id=tx.id)
+    assert (final.status, final.initiation, final.failure_reason) == (
+        Status.FAILED,
+        Initiation.NOT_SENT,
+        reason,
+    )
+
+
+@pytest.mark.usefixtures("database")
+async def test_an_overdue_check_is_replaced() -> None:
+    tx = await new_tx()
+    await Transaction.filter(id=tx.id).update(next_poll_at=datetime.now(UTC) - timedelta(seconds=5))
+    before = (await Transaction.get(id=tx.id)).poll_seq
+    assert await repo.schedule_poll(tx.id, 0.4, PLAN, unless_due_sooner=True)
+    assert (await Transaction.get(id=tx.id)).poll_seq == before + 1
