@@ -16,6 +16,7 @@ import sqlite3
 import sys
 import uuid
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -27,6 +28,16 @@ from kunpay_sdk import Event, KunPayClient
 from kunpay_worker.sandbox import SandboxConfig, build_app
 from kunpay_worker.sandbox.app import MTN_KEY
 from kunpay_worker.sandbox.mtn_momo import MtnSandbox
+
+# A valid collect() call; tests override what they are about.
+GOOD: dict[str, Any] = {
+    "provider": "MTN_CAMEROON",
+    "amount": Decimal("5000"),
+    "currency": "XAF",
+    "phone_number": "670000000",
+    "order_id": "order-1",
+    "user_id": "u-1",
+}
 
 AMQP_URL = os.environ.get("KUNPAY_TEST_AMQP_URL", "amqp://guest:guest@localhost:5672/")
 POSTGRES_URL = os.environ.get("KUNPAY_TEST_POSTGRES_URL")

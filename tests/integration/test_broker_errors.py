@@ -7,7 +7,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from decimal import Decimal
 from typing import Any
 
 import aio_pika
@@ -15,18 +14,9 @@ import pytest
 from aio_pika.abc import ExchangeType
 
 from kunpay_sdk import CommandNacked, CommandUnroutable, KunPayClient, OutcomeUnknown, topology
-from tests.integration.harness import Stack, create_vhost, delete_vhost
+from tests.integration.harness import GOOD, Stack, create_vhost, delete_vhost
 
 pytestmark = pytest.mark.integration
-
-GOOD: dict[str, Any] = {
-    "provider": "MTN_CAMEROON",
-    "amount": Decimal("5000"),
-    "currency": "XAF",
-    "phone_number": "670000000",
-    "order_id": "order-1",
-    "user_id": "u-1",
-}
 
 
 @pytest.fixture

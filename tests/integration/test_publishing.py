@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
-from typing import Any
 
 import aio_pika
 import pytest
@@ -24,18 +21,10 @@ from kunpay_sdk import (
     UnsupportedOperator,
     ValidationError,
 )
-from tests.integration.harness import EventLog, Stack, create_vhost, delete_vhost
+from tests.integration.harness import GOOD, EventLog, Stack, create_vhost, delete_vhost
 
 pytestmark = pytest.mark.integration
 
-GOOD: dict[str, Any] = {
-    "provider": "MTN_CAMEROON",
-    "amount": Decimal("5000"),
-    "currency": "XAF",
-    "phone_number": "670000000",
-    "order_id": "order-1",
-    "user_id": "u-1",
-}
 
 INVALID = [
     ({"amount": 5000.0}, InvalidAmount, "Decimal"),
@@ -54,16 +43,6 @@ INVALID = [
 ]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def idle_stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
-    """Topology declared (migrate), no worker consuming: whatever is published stays queued."""
-    stack = await Stack.create(request.param, tmp_path)
-    try:
-        yield stack
-    finally:
-        await stack.close()
-
-
 async def queued_commands(stack: Stack) -> int:
     async with await aio_pika.connect(stack.amqp_url) as connection:
         channel = await connection.channel()
@@ -74,18 +53,19 @@ async def queued_commands(stack: Stack) -> int:
 
 
 async def test_invalid_input_raises_a_clear_value_error_and_publishes_nothing(
-    idle_stack: Stack,
+    own_stack: Stack,
 ) -> None:
-    async with await idle_stack.client() as client:
+    # own_stack: the topology is declared, but no worker consumes, so nothing published is lost.
+    async with await own_stack.client() as client:
         for overrides, error, message in INVALID:
             with pytest.raises(error, match=message) as caught:
                 await client.collect(**{**GOOD, **overrides})
             assert isinstance(caught.value, ValueError)
             assert isinstance(caught.value, ValidationError)
-        assert await queued_commands(idle_stack) == 0
+        assert await queued_commands(own_stack) == 0
         # The same client publishes a valid command fine: the check above can see one.
         await client.collect(**GOOD)
-        assert await queued_commands(idle_stack) == 1
+        assert await queued_commands(own_stack) == 1
 
 
 async def test_connecting_before_the_topology_exists_says_so() -> None:
