@@ -48,7 +48,16 @@ rabbitmq() {
   command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
   say "starting RabbitMQ"
   as_root rabbitmq-server -detached
-  as_root timeout 180 rabbitmqctl await_startup >/dev/null
+  # -detached returns before the node has registered; await_startup fails until it has.
+  local waited=0
+  until as_root rabbitmqctl -q await_startup >/dev/null 2>&1; do
+    waited=$((waited + 1))
+    if [ "$waited" -ge 180 ]; then
+      echo "RabbitMQ did not start within 180 s; see /var/log/rabbitmq/" >&2
+      exit 1
+    fi
+    sleep 1
+  done
   say "RabbitMQ is up"
 }
 
