@@ -14,7 +14,8 @@ __all__ = ["configure", "mask_event"]
 
 _SECRET_KEY = re.compile(r"(?i)(secret|password|passwd|token|api_?key|pin|authorization|cookie)")
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+):[^@\s]+@", re.I)
-_PHONE = re.compile(r"(?<![\w-])\+?\d{8,15}(?!\w)")
+# Eight to fifteen digits standing alone (not inside an id such as a UUID).
+_PHONE = re.compile(r"(?<![\w-])\+?\d{8,15}(?![\w-])")
 
 
 def _mask_value(value: Any) -> Any:

@@ -117,7 +117,7 @@ class CollectionBackend(Protocol):
 
 _PHONE_KEYS = re.compile(r"(?i)(msisdn|phone|partyid|payer|payee)")
 _SECRET_KEYS = re.compile(r"(?i)(pin|secret|password|token|api_?key|authorization)")
-_LONG_DIGITS = re.compile(r"\+?\d{8,}")
+_LONG_DIGITS = re.compile(r"(?<![\w-])\+?\d{8,15}(?![\w-])")
 
 
 def mask_text(value: str) -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,8 +23,12 @@ async def stack(
     try:
         worker = await stack.start_worker()
         yield stack
-        # Whatever the tests did, the worker logged no error and is still running.
+        # Whatever the tests did, the worker logged no error and is still running...
         assert worker.errors() == [], worker.tail()
+        # ...and its log holds no secret and no full phone number.
+        text = json.dumps(worker.lines)
+        for secret in ("test-api-key", "test-subscription-key", "670000000", "670000002"):
+            assert secret not in text, f"{secret!r} in the worker's log"
         assert worker.proc.returncode is None
         assert await worker.stop() == 0, worker.tail()
     finally:

@@ -59,3 +59,13 @@ def test_configured_json_logs_are_masked(capsys: pytest.CaptureFixture[str]) -> 
     assert lines[0]["phone"] == "**********123"
     assert lines[0]["token"] == "***"
     assert lines[1]["event"] == "from *********456"
+
+
+def test_ids_that_contain_digit_runs_are_left_alone() -> None:
+    tid = "63772730-4faf-5fe9-bea1-161109782411"
+    assert logs.mask_event(None, "info", {"transaction_id": tid})["transaction_id"] == tid
+    assert mask_text(f'{{"externalId": "{tid}"}}') == f'{{"externalId": "{tid}"}}'
+    assert mask_payload({"payer": {"partyId": "237670000123"}, "externalId": tid}) == {
+        "payer": {"partyId": "*********123"},
+        "externalId": tid,
+    }
