@@ -5,7 +5,16 @@ and lets the app await outcomes or subscribe to lifecycle events.
 """
 
 from kunpay_sdk.client import Accepted, KunPayClient, Subscription
-from kunpay_sdk.contracts import Event, EventType, Status, TransactionSnapshot, TransactionType
+from kunpay_sdk.contracts import (
+    AccountHolderInfo,
+    BalanceInfo,
+    Event,
+    EventType,
+    Quote,
+    Status,
+    TransactionSnapshot,
+    TransactionType,
+)
 from kunpay_sdk.errors import (
     BrokerError,
     CommandNacked,
@@ -28,6 +37,8 @@ from kunpay_sdk.errors import (
 
 __all__ = [
     "Accepted",
+    "AccountHolderInfo",
+    "BalanceInfo",
     "BrokerError",
     "CommandNacked",
     "CommandNotAccepted",
@@ -42,6 +53,7 @@ __all__ = [
     "KunPayError",
     "KunPayTimeout",
     "OutcomeUnknown",
+    "Quote",
     "RemoteError",
     "Status",
     "Subscription",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
@@ -27,21 +27,37 @@ from pydantic import ValidationError as PydanticValidationError
 
 from kunpay_sdk import topology
 from kunpay_sdk.contracts import (
+    AccountHolderInfo,
+    AccountHolderRequest,
+    BalanceInfo,
+    BalanceRequest,
     CollectCommand,
+    DisburseCommand,
     Event,
+    GetRequest,
+    ListRequest,
+    Quote,
+    QuoteRequest,
+    RefundCommand,
+    RetryCommand,
     RpcReply,
-    RpcRequest,
+    Status,
     TransactionSnapshot,
+    VerifyRequest,
     check_correlation_id,
     check_idempotency_key,
+    check_payment_type,
     transaction_id_for,
     utcnow,
-    validate_collect,
+    validate_payment,
+    validate_refund_amount,
 )
 from kunpay_sdk.errors import (
     BrokerError,
     CommandNacked,
     CommandUnroutable,
+    InvalidAmount,
+    InvalidField,
     KunPayError,
     KunPayTimeout,
     OutcomeUnknown,
@@ -49,8 +65,38 @@ from kunpay_sdk.errors import (
     TopologyMissing,
     TransactionNotFound,
 )
+from kunpay_sdk.msisdn import check_provider, parse_msisdn
 
 __all__ = ["Accepted", "KunPayClient", "Subscription"]
+
+_AnyRequest = (
+    GetRequest | VerifyRequest | ListRequest | QuoteRequest | BalanceRequest | AccountHolderRequest
+)
+_T = TypeVar("_T")
+
+
+def _required(value: _T | None, what: str) -> _T:
+    if value is None:
+        raise RemoteError("protocol", f"reply without {what}")
+    return value
+
+
+def _uuid(value: object, name: str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise InvalidField(f"{name} must be a UUID, got {value!r}")
+
+
+def _text(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise InvalidField(f"{name} must be a non-empty string of at most 200 characters")
+    return value
+
 
 log = logging.getLogger("kunpay_sdk")
 
@@ -245,6 +291,7 @@ class KunPayClient:
         user_id: str,
         idempotency_key: str | None = None,
         correlation_id: str | None = None,
+        payment_type: str | None = None,
     ) -> Accepted:
         """Ask ``phone_number`` to pay ``amount``; returns once the broker confirmed the command.
 
@@ -253,7 +300,126 @@ class KunPayClient:
         ``OutcomeUnknown`` on timeout or a lost connection: call again with
         ``idempotency_key=err.idempotency_key``, which can never create a second transaction.
         """
-        fields = validate_collect(
+        return await self._payment(
+            CollectCommand,
+            provider=provider,
+            amount=amount,
+            currency=currency,
+            phone_number=phone_number,
+            order_id=order_id,
+            user_id=user_id,
+            idempotency_key=idempotency_key,
+            correlation_id=correlation_id,
+            payment_type=payment_type,
+        )
+
+    async def disburse(
+        self,
+        *,
+        provider: str,
+        amount: Decimal,
+        currency: str,
+        phone_number: str,
+        order_id: str,
+        user_id: str,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        payment_type: str | None = None,
+    ) -> Accepted:
+        """Pay ``amount`` to ``phone_number`` (a payout); same contract as :meth:`collect`.
+
+        On MTN the worker first checks the payee's account and the disbursement balance: an
+        inactive account or a short balance fails the payout with nothing sent.
+        """
+        return await self._payment(
+            DisburseCommand,
+            provider=provider,
+            amount=amount,
+            currency=currency,
+            phone_number=phone_number,
+            order_id=order_id,
+            user_id=user_id,
+            idempotency_key=idempotency_key,
+            correlation_id=correlation_id,
+            payment_type=payment_type,
+        )
+
+    async def refund(
+        self,
+        original_transaction_id: uuid.UUID,
+        amount: Decimal | None = None,
+        *,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Accepted:
+        """Refund a COMPLETED (or REFUND_FAILED) collection: all that is left (``amount=None``)
+        or part of it. The refund is a transaction of its own; its outcome is
+        ``payment.refunded`` or ``payment.refund_failed`` (or ``payment.rejected``: more than is
+        refundable, a payment that is not refundable, a provider that cannot refund).
+        """
+        value = validate_refund_amount(amount)
+        key = self._key(idempotency_key)
+        command = RefundCommand(
+            command_id=uuid.uuid4(),
+            transaction_id=transaction_id_for(self.app, "refund", key),
+            idempotency_key=key,
+            original_transaction_id=_uuid(original_transaction_id, "original_transaction_id"),
+            amount=value,
+            correlation_id=check_correlation_id(correlation_id),
+            issued_at=utcnow(),
+        )
+        await self._publish_command(command)
+        return Accepted(command.transaction_id, command.command_id, key)
+
+    async def retry(
+        self,
+        transaction_id: uuid.UUID,
+        *,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Accepted:
+        """Collect a FAILED collection again, as a new transaction with a new provider reference.
+
+        The default key is derived from ``transaction_id``, so a failed payment is retried once
+        (retry the retry to go again). The worker first asks the provider about the original
+        (it may have completed late) and refuses while any attempt of the chain is PENDING or
+        COMPLETED.
+        """
+        original = _uuid(transaction_id, "transaction_id")
+        key = self._key(idempotency_key if idempotency_key is not None else f"retry:{original}")
+        command = RetryCommand(
+            command_id=uuid.uuid4(),
+            transaction_id=transaction_id_for(self.app, "retry", key),
+            idempotency_key=key,
+            original_transaction_id=original,
+            correlation_id=check_correlation_id(correlation_id),
+            issued_at=utcnow(),
+        )
+        await self._publish_command(command)
+        return Accepted(command.transaction_id, command.command_id, key)
+
+    @staticmethod
+    def _key(idempotency_key: str | None) -> str:
+        """The caller's key, checked, or a fresh one: always known before publishing."""
+        if idempotency_key is None:
+            return str(uuid.uuid4())
+        return check_idempotency_key(idempotency_key)
+
+    async def _payment(
+        self,
+        model: type[CollectCommand] | type[DisburseCommand],
+        *,
+        provider: str,
+        amount: Decimal,
+        currency: str,
+        phone_number: str,
+        order_id: str,
+        user_id: str,
+        idempotency_key: str | None,
+        correlation_id: str | None,
+        payment_type: str | None,
+    ) -> Accepted:
+        fields = validate_payment(
             provider=provider,
             amount=amount,
             currency=currency,
@@ -262,12 +428,11 @@ class KunPayClient:
             user_id=user_id,
             sandbox=self.sandbox,
         )
-        key = (
-            str(uuid.uuid4()) if idempotency_key is None else check_idempotency_key(idempotency_key)
-        )
-        command = CollectCommand(
+        key = self._key(idempotency_key)
+        operation = "collect" if model is CollectCommand else "disburse"
+        command = model(
             command_id=uuid.uuid4(),
-            transaction_id=transaction_id_for(self.app, "collect", key),
+            transaction_id=transaction_id_for(self.app, operation, key),
             idempotency_key=key,
             provider=fields.provider,
             amount=fields.amount,
@@ -276,16 +441,15 @@ class KunPayClient:
             order_id=fields.order_id,
             user_id=fields.user_id,
             correlation_id=check_correlation_id(correlation_id),
+            payment_type=check_payment_type(payment_type),
             issued_at=utcnow(),
         )
         await self._publish_command(command)
-        return Accepted(
-            transaction_id=command.transaction_id,
-            command_id=command.command_id,
-            idempotency_key=key,
-        )
+        return Accepted(command.transaction_id, command.command_id, key)
 
-    async def _publish_command(self, command: CollectCommand) -> None:
+    async def _publish_command(
+        self, command: CollectCommand | DisburseCommand | RefundCommand | RetryCommand
+    ) -> None:
         if self._commands is None or self._closed:
             raise BrokerError("client is not connected")
         ids = _Ids(command.transaction_id, command.command_id, command.idempotency_key)
@@ -339,14 +503,67 @@ class KunPayClient:
         self, transaction_id: uuid.UUID, *, timeout: float | None = None
     ) -> TransactionSnapshot:
         """The transaction as the worker has it now. Raises TransactionNotFound."""
-        reply = await self._request(
-            RpcRequest(method="get", transaction_id=transaction_id), timeout
-        )
-        if reply.transaction is None:
-            raise RemoteError("protocol", "reply without a transaction")
-        return reply.transaction
+        reply = await self._request(GetRequest(transaction_id=transaction_id), timeout)
+        return _required(reply.transaction, "transaction")
 
-    async def _request(self, request: RpcRequest, timeout: float | None) -> RpcReply:
+    async def verify(
+        self, transaction_id: uuid.UUID, *, timeout: float | None = None
+    ) -> TransactionSnapshot:
+        """Ask the provider about the transaction now, apply what it says, and return it."""
+        timeout = timeout if timeout is not None else max(self.request_timeout, 30.0)
+        reply = await self._request(VerifyRequest(transaction_id=transaction_id), timeout)
+        return _required(reply.transaction, "transaction")
+
+    async def list(
+        self,
+        *,
+        order_id: str | None = None,
+        user_id: str | None = None,
+        status: Status | str | None = None,
+        limit: int = 100,
+        timeout: float | None = None,
+    ) -> list[TransactionSnapshot]:
+        """This app's transactions matching every filter given, newest first (at most
+        ``limit``, up to 500)."""
+        request = ListRequest(
+            order_id=order_id,
+            user_id=user_id,
+            status=Status(status) if status is not None else None,
+            limit=limit,
+        )
+        reply = await self._request(request, timeout)
+        return _required(reply.transactions, "transactions")
+
+    async def quote(
+        self, payment_type: str, net_amount: Decimal, *, timeout: float | None = None
+    ) -> Quote:
+        """What to charge with ``payment_type`` so that the merchant nets ``net_amount``:
+        gross = 100 × (net + fixed fees) / (100 − percentage fees), rounded up."""
+        value = validate_refund_amount(net_amount)
+        if value is None:
+            raise InvalidAmount("net_amount is required")
+        reply = await self._request(
+            QuoteRequest(payment_type=_text(payment_type, "payment_type"), net_amount=value),
+            timeout,
+        )
+        return _required(reply.quote, "quote")
+
+    async def balance(self, provider: str, *, timeout: float | None = None) -> BalanceInfo:
+        """The provider account's available balance (backends that tell it: MTN MoMo)."""
+        reply = await self._request(BalanceRequest(provider=check_provider(provider)), timeout)
+        return _required(reply.balance, "balance")
+
+    async def account_holder(
+        self, provider: str, phone_number: str, *, timeout: float | None = None
+    ) -> AccountHolderInfo:
+        """What the provider knows of a number: MTN says whether the account is active,
+        PawaPay which operator serves it."""
+        msisdn = parse_msisdn(phone_number, sandbox=self.sandbox)
+        request = AccountHolderRequest(provider=check_provider(provider), phone_number=msisdn.e164)
+        reply = await self._request(request, timeout)
+        return _required(reply.account_holder, "account_holder")
+
+    async def _request(self, request: _AnyRequest, timeout: float | None) -> RpcReply:
         if self._rpc_channel is None or self._closed:
             raise BrokerError("client is not connected")
         timeout = self.request_timeout if timeout is None else timeout
@@ -381,7 +598,7 @@ class KunPayClient:
         finally:
             self._rpc_pending.pop(correlation_id, None)
         if not reply.ok:
-            if reply.error_code == "not_found":
+            if reply.error_code == "not_found" and isinstance(request, GetRequest | VerifyRequest):
                 raise TransactionNotFound(request.transaction_id)
             raise RemoteError(reply.error_code or "error", reply.error or "")
         return reply
@@ -426,9 +643,7 @@ class KunPayClient:
 
     async def _check_final(self, transaction_id: uuid.UUID) -> None:
         try:
-            reply = await self._request(
-                RpcRequest(method="get", transaction_id=transaction_id), None
-            )
+            reply = await self._request(GetRequest(transaction_id=transaction_id), None)
         except TransactionNotFound:
             return  # not processed yet: the event will come
         except (KunPayTimeout, BrokerError, RemoteError) as exc:

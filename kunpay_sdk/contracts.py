@@ -1,4 +1,5 @@
-"""The message schema: commands the SDK publishes and events the worker announces.
+"""The message schema: commands the SDK publishes, events the worker announces, and requests
+on ``kunpay.rpc`` with their replies.
 
 Everything on the wire is JSON produced from these models, with ``schema_version``. Amounts are
 decimal strings. Unknown fields are ignored so that an older reader keeps working when a newer
@@ -10,35 +11,59 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    TypeAdapter,
+)
 
-from kunpay_sdk.errors import InvalidField
-from kunpay_sdk.money import check_currency, parse_amount
+from kunpay_sdk.errors import InvalidAmount, InvalidField
+from kunpay_sdk.money import MAX_AMOUNT, check_currency, parse_amount
 from kunpay_sdk.msisdn import check_operator, check_provider, parse_msisdn
 
 __all__ = [
+    "COMMANDS",
     "FINAL_EVENT_TYPES",
+    "RPC_REQUESTS",
     "SCHEMA_VERSION",
     "TRANSACTION_NAMESPACE",
+    "AccountHolderInfo",
+    "AccountHolderRequest",
+    "BalanceInfo",
+    "BalanceRequest",
     "CollectCommand",
+    "Command",
+    "DisburseCommand",
     "Event",
     "EventType",
+    "GetRequest",
+    "ListRequest",
     "Operation",
+    "Quote",
+    "QuoteRequest",
+    "RefundCommand",
+    "RetryCommand",
     "RpcReply",
     "RpcRequest",
     "Status",
     "TransactionSnapshot",
     "TransactionType",
-    "ValidatedCollect",
+    "ValidatedPayment",
+    "VerifyRequest",
     "command_fingerprint",
     "transaction_id_for",
-    "validate_collect",
+    "validate_payment",
+    "validate_refund_amount",
 ]
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -53,10 +78,14 @@ MAX_REF_LENGTH = 200
 Text = Annotated[str, StringConstraints(max_length=MAX_REF_LENGTH)]
 # Amounts on the wire: anything a decimal(18, 4) column can hold; the money rules come after.
 WireAmount = Annotated[Decimal, Field(max_digits=18, decimal_places=4, allow_inf_nan=False)]
+Key = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH)]
 
 
 class Operation(StrEnum):
     COLLECT = "collect"
+    DISBURSE = "disburse"
+    REFUND = "refund"
+    RETRY = "retry"
 
 
 class TransactionType(StrEnum):
@@ -104,27 +133,66 @@ class _Wire(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
-class CollectCommand(_Wire):
-    """Ask the customer's wallet to pay (a collection)."""
+# -- commands ---------------------------------------------------------------------------------
 
+
+class _Command(_Wire):
     schema_version: Literal[1] = SCHEMA_VERSION
-    operation: Literal["collect"] = "collect"
     command_id: uuid.UUID
     transaction_id: uuid.UUID
-    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH)]
+    idempotency_key: Key
+    correlation_id: Text | None = None
+    issued_at: datetime
+
+
+class _PaymentCommand(_Command):
     provider: Text
     amount: WireAmount
     currency: Annotated[str, StringConstraints(max_length=8)]
     phone_number: Annotated[str, StringConstraints(max_length=32)]
     order_id: Text
     user_id: Text
-    correlation_id: Text | None = None
     payment_type: Text | None = None
-    issued_at: datetime
 
 
-class ValidatedCollect(BaseModel):
-    """A collect command's business fields after the money, number and provider rules."""
+class CollectCommand(_PaymentCommand):
+    """Ask the customer's wallet to pay (a collection)."""
+
+    operation: Literal["collect"] = "collect"
+
+
+class DisburseCommand(_PaymentCommand):
+    """Pay a wallet (a payout)."""
+
+    operation: Literal["disburse"] = "disburse"
+
+
+class RefundCommand(_Command):
+    """Give back all (``amount=None``) or part of a completed collection."""
+
+    operation: Literal["refund"] = "refund"
+    original_transaction_id: uuid.UUID
+    amount: WireAmount | None = None
+
+
+class RetryCommand(_Command):
+    """Collect a FAILED collection again, as a new transaction with a new provider reference."""
+
+    operation: Literal["retry"] = "retry"
+    original_transaction_id: uuid.UUID
+
+
+Command = Annotated[
+    CollectCommand | DisburseCommand | RefundCommand | RetryCommand,
+    Field(discriminator="operation"),
+]
+COMMANDS: TypeAdapter[CollectCommand | DisburseCommand | RefundCommand | RetryCommand] = (
+    TypeAdapter(Command)
+)
+
+
+class ValidatedPayment(BaseModel):
+    """A collection's or payout's business fields after the money, number and provider rules."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -132,6 +200,7 @@ class ValidatedCollect(BaseModel):
     amount: Decimal
     currency: str
     phone_number: str  # E.164
+    operator: str
     order_id: str
     user_id: str
 
@@ -144,7 +213,7 @@ def _check_text(name: str, value: object, *, max_length: int = MAX_REF_LENGTH) -
     return value
 
 
-def validate_collect(
+def validate_payment(
     *,
     provider: object,
     amount: object,
@@ -153,21 +222,38 @@ def validate_collect(
     order_id: object,
     user_id: object,
     sandbox: bool = False,
-) -> ValidatedCollect:
-    """Apply every rule a collection must pass; raise a ValidationError saying what is wrong."""
+) -> ValidatedPayment:
+    """Apply every rule a collection or payout must pass; raise a ValidationError saying what
+    is wrong."""
     key = check_provider(provider)
     code = check_currency(currency, sandbox=sandbox)
     value = parse_amount(amount, code)
     msisdn = parse_msisdn(phone_number, sandbox=sandbox)
     check_operator(key, msisdn)
-    return ValidatedCollect(
+    return ValidatedPayment(
         provider=key,
         amount=value,
         currency=code,
         phone_number=msisdn.e164,
+        operator=str(msisdn.operator),
         order_id=_check_text("order_id", order_id),
         user_id=_check_text("user_id", user_id),
     )
+
+
+def validate_refund_amount(amount: object) -> Decimal | None:
+    """None (refund all that is refundable) or a positive Decimal; the currency's exponent is
+    checked by the worker, which knows the original payment's currency."""
+    if amount is None:
+        return None
+    if isinstance(amount, bool) or not isinstance(amount, Decimal | int):
+        raise InvalidAmount(f"amount must be a Decimal or None, got {type(amount).__name__}")
+    value = Decimal(amount)
+    if not value.is_finite() or value <= 0:
+        raise InvalidAmount(f"amount must be greater than zero, got {value}")
+    if value > MAX_AMOUNT:
+        raise InvalidAmount(f"amount {value} exceeds the maximum {MAX_AMOUNT}")
+    return value
 
 
 def check_idempotency_key(key: object) -> str:
@@ -178,24 +264,26 @@ def check_correlation_id(value: object) -> str | None:
     return None if value is None else _check_text("correlation_id", value)
 
 
-def command_fingerprint(
-    operation: str, fields: ValidatedCollect, original: uuid.UUID | None = None
-) -> str:
-    """What makes two commands with one idempotency key "the same command"."""
+def check_payment_type(value: object) -> str | None:
+    return None if value is None else _check_text("payment_type", value)
+
+
+def command_fingerprint(operation: str, fields: Mapping[str, Any]) -> str:
+    """What makes two commands with one idempotency key "the same command": the operation and
+    its normalised business fields (provider, amount, currency, E.164 number, order, user,
+    original transaction)."""
     canonical = json.dumps(
         {
             "operation": operation,
-            "provider": fields.provider,
-            "amount": str(fields.amount.normalize()),
-            "currency": fields.currency,
-            "phone_number": fields.phone_number,
-            "order_id": fields.order_id,
-            "user_id": fields.user_id,
-            "original": str(original) if original else None,
+            **{k: str(v.normalize()) if isinstance(v, Decimal) else v for k, v in fields.items()},
         },
         sort_keys=True,
+        default=str,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# -- snapshots and events ---------------------------------------------------------------------
 
 
 class TransactionSnapshot(_Wire):
@@ -217,6 +305,13 @@ class TransactionSnapshot(_Wire):
     provider_transaction_id: str | None = None
     failure_reason: str | None = None
     original_transaction_id: uuid.UUID | None = None
+    amount_refunded: Decimal = Decimal(0)
+    payment_type: str | None = None
+    gross_amount: Decimal | None = None
+    fee_amount: Decimal | None = None
+    net_amount: Decimal | None = None
+    # A payment whose outcome a provider could not confirm: reconcile it by hand.
+    needs_reconciliation: bool = False
     created_at: datetime
     updated_at: datetime
 
@@ -227,7 +322,10 @@ class Event(_Wire):
     ``sequence`` increases per transaction; ``event_id`` identifies the event across
     redeliveries (delivery is at-least-once: dedupe on it). ``transaction`` is None only for a
     command-level rejection (an idempotency key reused with different content), which names the
-    rejected ``command_id`` and never touches the existing transaction.
+    rejected ``command_id`` and never touches the existing transaction. Refund events carry the
+    refunded payment as ``original_transaction`` and the provider's ``provider_refund_id``; a
+    ``payment.duplicate_detected`` carries the other completed attempt as
+    ``original_transaction``.
     """
 
     schema_version: Literal[1] = SCHEMA_VERSION
@@ -263,10 +361,84 @@ class Event(_Wire):
         return manager
 
 
-class RpcRequest(_Wire):
+# -- requests on kunpay.rpc -------------------------------------------------------------------
+
+
+class _Request(_Wire):
     schema_version: Literal[1] = SCHEMA_VERSION
-    method: Literal["get"]
+
+
+class GetRequest(_Request):
+    method: Literal["get"] = "get"
     transaction_id: uuid.UUID
+
+
+class VerifyRequest(_Request):
+    method: Literal["verify"] = "verify"
+    transaction_id: uuid.UUID
+
+
+class ListRequest(_Request):
+    method: Literal["list"] = "list"
+    order_id: Text | None = None
+    user_id: Text | None = None
+    status: Status | None = None
+    limit: Annotated[int, Field(ge=1, le=500)] = 100
+
+
+class QuoteRequest(_Request):
+    method: Literal["quote"] = "quote"
+    payment_type: Text
+    net_amount: WireAmount
+
+
+class BalanceRequest(_Request):
+    method: Literal["balance"] = "balance"
+    provider: Text
+
+
+class AccountHolderRequest(_Request):
+    method: Literal["account_holder"] = "account_holder"
+    provider: Text
+    phone_number: Annotated[str, StringConstraints(max_length=32)]
+
+
+RpcRequest = Annotated[
+    GetRequest | VerifyRequest | ListRequest | QuoteRequest | BalanceRequest | AccountHolderRequest,
+    Field(discriminator="method"),
+]
+RPC_REQUESTS: TypeAdapter[
+    GetRequest | VerifyRequest | ListRequest | QuoteRequest | BalanceRequest | AccountHolderRequest
+] = TypeAdapter(RpcRequest)
+
+
+class Quote(_Wire):
+    """What to charge so that the merchant nets ``net_amount`` after fees."""
+
+    payment_type: str
+    currency: str
+    net_amount: Decimal
+    gross_amount: Decimal
+    fee_amount: Decimal
+    provider_fee: Decimal
+    platform_fee: Decimal
+
+
+class BalanceInfo(_Wire):
+    provider: str
+    backend: str
+    amount: Decimal
+    currency: str
+
+
+class AccountHolderInfo(_Wire):
+    provider: str
+    backend: str
+    phone_number: str
+    # None when the provider cannot tell (it only knows the operator).
+    active: bool | None
+    operator: str | None = None
+    name: str | None = None
 
 
 class RpcReply(_Wire):
@@ -276,6 +448,10 @@ class RpcReply(_Wire):
     error: str | None = None
     transaction: TransactionSnapshot | None = None
     final_event: Event | None = None
+    transactions: list[TransactionSnapshot] | None = None
+    quote: Quote | None = None
+    balance: BalanceInfo | None = None
+    account_holder: AccountHolderInfo | None = None
 
 
 def utcnow() -> datetime:

@@ -61,7 +61,7 @@ DEAD_LETTER_QUEUE = "kunpay.dead-letter"
 DELAY_TARGETS = {"poll": POLL_QUEUE, "commands": COMMANDS_QUEUE}
 
 # Operations routed through kunpay.commands (routing key = operation).
-COMMAND_ROUTING_KEYS = ("collect",)
+COMMAND_ROUTING_KEYS = ("collect", "disburse", "refund", "retry")
 
 _APP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

@@ -14,8 +14,8 @@ from aio_pika.abc import AbstractRobustConnection
 from kunpay_sdk import topology
 from kunpay_worker.domain.schedule import to_ms
 from kunpay_worker.engine import Engine
-from kunpay_worker.handlers.collect import handle_collect
-from kunpay_worker.handlers.rpc import handle_rpc
+from kunpay_worker.handlers import handle_command
+from kunpay_worker.handlers.rpc import Answers, handle_rpc
 from kunpay_worker.messaging import Dispatcher, Publisher, can_impersonate
 from kunpay_worker.outbox import OutboxRelay
 from kunpay_worker.polling import handle_poll
@@ -36,9 +36,14 @@ class ConfigurationError(RuntimeError):
 def broker_topology(settings: Settings) -> topology.Topology:
     return topology.Topology(
         poll_delays_ms=tuple(to_ms(d) for d in settings.poll.delays),
+        extra_poll_delays_ms=frozenset(to_ms(d) for d in settings.poll.late_delays),
         command_delays_ms=tuple(to_ms(d) for d in settings.command_retry_delays),
         delivery_limit=settings.delivery_limit,
     )
+
+
+def poll_tiers_ms(shape: topology.Topology) -> list[int]:
+    return sorted(set(shape.poll_delays_ms) | shape.extra_poll_delays_ms)
 
 
 async def declare_topology(settings: Settings) -> None:
@@ -107,8 +112,9 @@ class Worker:
                 backends=build_backends(settings, session, repo.record_attempt),
                 plan=repo.PollPlan(
                     delays=settings.poll.delays,
-                    tiers_ms=sorted(set(shape.poll_delays_ms)),
+                    tiers_ms=poll_tiers_ms(shape),
                     janitor_interval=settings.poll.janitor_interval,
+                    late_delays=settings.poll.late_delays,
                 ),
                 notify=relay.notify,
             )
@@ -128,7 +134,7 @@ class Worker:
                 max_attempts=settings.max_command_attempts,
                 delay_tiers_ms={
                     "commands": sorted(set(shape.command_delays_ms)),
-                    "poll": sorted(set(shape.poll_delays_ms)),
+                    "poll": poll_tiers_ms(shape),
                 },
             )
             relay_stop = asyncio.Event()
@@ -145,7 +151,7 @@ class Worker:
                     await commands.consume(
                         dispatcher.wrap(
                             "commands",
-                            functools.partial(handle_collect, engine=engine, settings=settings),
+                            functools.partial(handle_command, engine=engine, settings=settings),
                         )
                     ),
                 ),
@@ -155,7 +161,14 @@ class Worker:
                         dispatcher.wrap("poll", functools.partial(handle_poll, engine=engine))
                     ),
                 ),
-                (rpc, await rpc.consume(functools.partial(handle_rpc, publisher=publisher))),
+                (
+                    rpc,
+                    await rpc.consume(
+                        functools.partial(
+                            handle_rpc, publisher=publisher, answers=Answers(engine, settings)
+                        )
+                    ),
+                ),
             ]
             relay.notify()  # rows a previous process left behind
             log.info(

@@ -100,9 +100,22 @@ def sandbox(
         float, typer.Option(help="Seconds until a payment settles.", envvar="KUNPAY_SANDBOX_SETTLE")
     ] = 1.0,
     slow_seconds: Annotated[float, typer.Option(help="Delay of the slow scenario.")] = 60.0,
+    late_seconds: Annotated[
+        float, typer.Option(help="When a late success turns SUCCESSFUL.")
+    ] = 5.0,
     callback_method: Annotated[str, typer.Option(help="PUT or POST, as MTN does.")] = "PUT",
+    balance: Annotated[str, typer.Option(help="The merchant's payout balance.")] = "10000000",
+    pawapay_callback_url: Annotated[
+        str | None, typer.Option(help="Where PawaPay callbacks go (set on the account).")
+    ] = None,
+    flutterwave_webhook_url: Annotated[
+        str | None, typer.Option(help="Where Flutterwave webhooks go (set on the account).")
+    ] = None,
+    flutterwave_secret_hash: Annotated[
+        str, typer.Option(help="Flutterwave's secret hash for webhook headers.")
+    ] = "sandbox-secret-hash",  # noqa: S107 - the sandbox's own, not a real secret
 ) -> None:
-    """Serve the provider sandbox (MTN MoMo today) with its magic numbers."""
+    """Serve the provider sandbox with its magic numbers (see the README)."""
     from aiohttp import web
 
     from kunpay_worker.sandbox import SandboxConfig, build_app
@@ -115,7 +128,12 @@ def sandbox(
         SandboxConfig(
             settle_seconds=settle_seconds,
             slow_seconds=slow_seconds,
+            late_seconds=late_seconds,
             callback_method=callback_method.upper(),
+            balance=balance,
+            pawapay_callback_url=pawapay_callback_url,
+            flutterwave_webhook_url=flutterwave_webhook_url,
+            flutterwave_secret_hash=flutterwave_secret_hash,
         )
     )
     log.info("sandbox listening", url=f"http://{host}:{port}")

@@ -1,13 +1,17 @@
-"""Moving a PENDING transaction forward: claim, send, look up, record (DESIGN.md §5 steps 3-6).
+"""Moving a transaction forward: claim, send, look up, record (DESIGN.md §5 steps 3-6).
 
-The command handler calls :meth:`Engine.after_intake`; the poll handler calls
-:meth:`Engine.check`. Both only ever act through compare-and-set writes in the repository, so a
-redelivered command, a poll and a concurrent worker can race without a second charge:
+The command handlers call :meth:`Engine.after_intake`; the poll handler calls
+:meth:`Engine.check`; ``verify()`` calls :meth:`Engine.verify`. All act only through
+compare-and-set writes in the repository, so a redelivered command, a poll and a concurrent
+worker can race without a second charge:
 
-* only the delivery that wins ``initiation NEW → SENDING`` calls the provider;
+* only the delivery that wins ``initiation NEW → SENDING`` calls the provider, and the claim's
+  attempt number fences every write that records the answer;
 * a ``SENDING`` claim whose lease expired, or an ``UNKNOWN`` send, is looked up first, and sent
-  again only when the backend de-duplicates by reference and says it never saw it;
-* every answer is recorded together with the next poll, then the message is acked.
+  again only when the backend de-duplicates by reference and says it never saw it; a backend that
+  does not de-duplicate is polled until the schedule ends, then the transaction FAILS with
+  ``UNKNOWN_OUTCOME`` and is flagged for reconciliation;
+* every answer is recorded together with the next check, then the message is acked.
 """
 
 from __future__ import annotations
@@ -20,14 +24,10 @@ from datetime import UTC, datetime
 
 import structlog
 
-from kunpay_sdk.contracts import Status
+from kunpay_sdk.contracts import Status, TransactionType
+from kunpay_sdk.msisdn import parse_msisdn
 from kunpay_worker.domain.schedule import next_poll_delay, retry_delay
-from kunpay_worker.providers.base import (
-    CollectionBackend,
-    CollectionRequest,
-    Lookup,
-    ProviderStatus,
-)
+from kunpay_worker.providers.base import Backend, Lookup, MoneyRequest, ProviderStatus
 from kunpay_worker.providers.errors import (
     ProviderError,
     ProviderNotReached,
@@ -49,10 +49,20 @@ _OBSERVED = {
 }
 
 
+def _observation(lookup: Lookup) -> repo.Observation | None:
+    if not lookup.found or lookup.status is None:
+        return None
+    return repo.Observation(
+        status=_OBSERVED[lookup.status],
+        reason=lookup.reason,
+        provider_transaction_id=lookup.provider_transaction_id,
+    )
+
+
 @dataclass
 class Engine:
     settings: Settings
-    backends: dict[str, CollectionBackend]
+    backends: dict[str, Backend]
     plan: repo.PollPlan
     notify: Callable[[], None]
 
@@ -62,35 +72,105 @@ class Engine:
         """Command path: send if nobody has; otherwise make sure a check is coming."""
         if tx.status is not Status.PENDING:
             return
-        if tx.initiation is Initiation.NEW:
+        if tx.initiation is Initiation.NEW and not _waiting(tx):
             await self._send(tx)
         else:
             # A redelivery or a duplicate: whoever sent it is done or holds the claim.
             await self._ensure_check(tx)
 
     async def check(self, tx_id: uuid.UUID, poll_seq: int) -> None:
-        """Poll path: one scheduled check of a PENDING transaction."""
+        """Poll path: one scheduled check."""
         tx = await repo.load(tx_id)
-        if tx is None or tx.status is not Status.PENDING or tx.poll_seq != poll_seq:
-            log.debug("stale or settled poll dropped", transaction_id=str(tx_id), poll_seq=poll_seq)
+        if tx is None or tx.poll_seq != poll_seq:
+            log.debug("stale poll dropped", transaction_id=str(tx_id), poll_seq=poll_seq)
+            return
+        if tx.status is Status.FAILED:
+            await self._late_check(tx, poll_seq)
+            return
+        if tx.status is not Status.PENDING:
             return
         if tx.initiation is Initiation.NEW:
-            await self._send(tx)
+            if _waiting(tx):
+                await self._schedule(tx, _seconds_until(tx.send_after) + 0.05)
+            else:
+                await self._send(tx)
         elif tx.initiation is Initiation.SENDING and not _lease_expired(tx):
             # Someone is mid-call; look once their lease could have run out.
-            remaining = (tx.send_lease_until - _now()).total_seconds()  # type: ignore[operator]
-            await self._schedule(tx, max(remaining, 0.0) + 0.05)
+            await self._schedule(tx, _seconds_until(tx.send_lease_until) + 0.05)
         elif tx.initiation in (Initiation.SENDING, Initiation.UNKNOWN):
             await self._resolve_unknown(tx, poll_seq)
         elif tx.initiation is Initiation.SENT:
             await self._look_up(tx, poll_seq)
 
+    async def verify(self, tx_id: uuid.UUID) -> Transaction | None:
+        """Ask the provider about a transaction now and apply a final answer (verify())."""
+        tx = await repo.load(tx_id)
+        if tx is None:
+            return None
+        sent = tx.initiation is Initiation.SENT or (
+            tx.initiation in (Initiation.SENDING, Initiation.UNKNOWN) and _lease_expired(tx)
+        )
+        checkable = tx.status is Status.PENDING or (
+            tx.status is Status.FAILED and tx.type is TransactionType.COLLECTION
+        )
+        if sent and checkable and tx.backend in self.backends:
+            lookup = await self._backend(tx).lookup(await self._request(tx))
+            observation = _observation(lookup)
+            if observation is not None and await repo.apply_observation(
+                tx.id, observation, found_reference=lookup.found
+            ):
+                self.notify()
+        return await repo.load(tx_id)
+
+    async def recheck_before_retry(self, tx_id: uuid.UUID) -> None:
+        """A retry is about to be taken in: ask the provider about the FAILED original first
+        (it may have completed late). Errors leave the original as it is."""
+        tx = await repo.load(tx_id)
+        if tx is None or tx.status is not Status.FAILED or tx.initiation is not Initiation.SENT:
+            return
+        if tx.backend not in self.backends:
+            return
+        try:
+            lookup = await self._backend(tx).lookup(await self._request(tx))
+        except ProviderError as exc:
+            log.warning("could not recheck the original", transaction_id=str(tx_id), error=str(exc))
+            return
+        observation = _observation(lookup)
+        if observation is not None and await repo.apply_observation(
+            tx.id, observation, found_reference=True
+        ):
+            self.notify()
+
     # -- steps -------------------------------------------------------------------------------
 
-    def _backend(self, tx: Transaction) -> CollectionBackend:
-        if tx.backend is None:
-            raise RuntimeError(f"PENDING transaction {tx.id} has no backend")
+    def _backend(self, tx: Transaction) -> Backend:
+        if tx.backend is None or tx.backend not in self.backends:
+            raise RuntimeError(f"transaction {tx.id} has no usable backend ({tx.backend})")
         return self.backends[tx.backend]
+
+    async def _request(self, tx: Transaction) -> MoneyRequest:
+        if tx.provider_reference is None:
+            raise RuntimeError(f"transaction {tx.id} has no provider reference")
+        original = await repo.load(tx.original_id) if tx.type is TransactionType.REFUND else None  # type: ignore[attr-defined]
+        settings = self.settings.mtn_momo
+        message = f"{settings.payer_message} {tx.order_id}"[:160]
+        return MoneyRequest(
+            kind=tx.type,
+            transaction_id=str(tx.id),
+            reference=tx.provider_reference,
+            amount=tx.amount,
+            currency=tx.currency,
+            msisdn=tx.phone_number.removeprefix("+"),
+            operator=_operator(tx.phone_number),
+            message=message,
+            callback_url=self._callback_url(tx),
+            handle=tx.provider_handle,
+            original_reference=original.provider_reference if original else None,
+            original_handle=(original.provider_handle or original.provider_transaction_id)
+            if original
+            else None,
+            original_amount=original.amount if original else None,
+        )
 
     async def _send(self, tx: Transaction) -> None:
         """Claim and send. ``tx`` is the state the decision to send was taken on."""
@@ -102,23 +182,26 @@ class Engine:
             return
         fence = claimed.send_attempts
         resend = expected is not Initiation.NEW
+        backend = self._backend(claimed)
         bound = log.bind(transaction_id=str(tx.id), backend=tx.backend, send_attempt=fence)
-        if claimed.provider_reference is None:
-            raise RuntimeError(f"PENDING transaction {tx.id} has no provider reference")
-        request = CollectionRequest(
-            transaction_id=str(claimed.id),
-            reference=claimed.provider_reference,
-            amount=claimed.amount,
-            currency=claimed.currency,
-            msisdn=claimed.phone_number.removeprefix("+"),
-            message=f"{self.settings.mtn_momo.payer_message} {claimed.order_id}"[:160],
-            callback_url=self._callback_url(claimed),
-        )
+        request = await self._request(claimed)
         next_check = self._next_delay(claimed)
         try:
             # Never outlive the claim: past the lease, another delivery may take over.
             async with asyncio.timeout(self.settings.send_lease * 0.9):
-                result = await self._backend(claimed).request_collection(request)
+                if not resend and claimed.type is TransactionType.DISBURSEMENT:
+                    reason = await backend.preflight(request)
+                    if reason is not None:
+                        bound.info("payout refused before sending", reason=reason)
+                        await repo.fail_unsent(claimed.id, fence, reason)
+                        self.notify()
+                        return
+                if backend.needs_prepare and request.handle is None:
+                    handle = await backend.prepare(request)
+                    if not await repo.record_handle(claimed.id, fence, handle):
+                        return  # the claim was lost: the taker carries on
+                    request = await self._request(await repo.load(claimed.id) or claimed)
+                receipt = await backend.send(request)
         except ProviderRefused as exc:
             reason = exc.provider_code or f"HTTP_{exc.http_status}"
             if resend:
@@ -157,20 +240,35 @@ class Engine:
             )
         else:
             # DUPLICATE: the provider already had this reference, so an earlier send landed.
-            bound.info("sent", result=str(result))
-            await repo.record_sent(claimed.id, fence, Initiation.SENT, next_check, self.plan)
+            bound.info("sent", result=str(receipt.result))
+            await repo.record_sent(
+                claimed.id, fence, Initiation.SENT, next_check, self.plan, handle=receipt.handle
+            )
         self.notify()
 
     async def _resolve_unknown(self, tx: Transaction, poll_seq: int) -> None:
         """The last send's outcome is unknown: ask the provider before anything else."""
+        backend = self._backend(tx)
+        if backend.needs_prepare and tx.provider_handle is None:
+            # The provider never gave us its key, so the money request never left: send.
+            await self._send(tx)
+            return
         lookup = await self._lookup(tx, poll_seq)
         if lookup is None:
             return
         if lookup.found:
             await self._record(tx, poll_seq, lookup)
             return
-        if not self._backend(tx).dedupes_by_reference:
-            await self._record(tx, poll_seq, None)
+        if not backend.dedupes_by_reference:
+            # Never resent: a second request could charge twice. Poll until the schedule ends.
+            await self._record(
+                tx,
+                poll_seq,
+                None,
+                give_up=f"UNKNOWN_OUTCOME: {tx.backend} never confirmed the outcome of the "
+                "request; reconcile with the provider",
+                reconcile=True,
+            )
             return
         if tx.send_attempts < self.settings.max_send_attempts:
             # The provider never registered the reference and would drop a duplicate: resend.
@@ -196,34 +294,47 @@ class Engine:
             return
         await self._record(tx, poll_seq, lookup)
 
-    async def _lookup(self, tx: Transaction, poll_seq: int) -> Lookup | None:
-        if tx.provider_reference is None:
-            raise RuntimeError(f"PENDING transaction {tx.id} has no provider reference")
+    async def _late_check(self, tx: Transaction, poll_seq: int) -> None:
+        """A FAILED collection: did the provider complete it after all?"""
+        if tx.type is not TransactionType.COLLECTION or tx.backend not in self.backends:
+            return
         try:
-            return await self._backend(tx).lookup_collection(tx.provider_reference, str(tx.id))
+            lookup = await self._backend(tx).lookup(await self._request(tx))
+        except ProviderError as exc:
+            log.warning("late check failed", transaction_id=str(tx.id), error=str(exc))
+            lookup = Lookup(found=False)
+        observation = _observation(lookup)
+        event = await repo.record_late_check(tx.id, poll_seq, observation, plan=self.plan)
+        if event is not None:
+            log.warning("provider completed a FAILED payment late", transaction_id=str(tx.id))
+        self.notify()
+
+    async def _lookup(self, tx: Transaction, poll_seq: int) -> Lookup | None:
+        try:
+            return await self._backend(tx).lookup(await self._request(tx))
         except ProviderError as exc:
             log.warning("status lookup failed", transaction_id=str(tx.id), error=str(exc))
             await self._record(tx, poll_seq, None)
             return None
 
     async def _record(
-        self, tx: Transaction, poll_seq: int, lookup: Lookup | None, *, give_up: str | None = None
+        self,
+        tx: Transaction,
+        poll_seq: int,
+        lookup: Lookup | None,
+        *,
+        give_up: str | None = None,
+        reconcile: bool = False,
     ) -> None:
         """Record one check: the provider's answer (None: no usable answer) and the next."""
-        observation = None
-        if lookup is not None and lookup.found and lookup.status is not None:
-            observation = repo.Observation(
-                status=_OBSERVED[lookup.status],
-                reason=lookup.reason,
-                provider_transaction_id=lookup.provider_transaction_id,
-            )
         event = await repo.record_check(
             tx.id,
             poll_seq,
-            observation,
+            _observation(lookup) if lookup is not None else None,
             plan=self.plan,
             found_reference=lookup is not None and lookup.found,
             give_up=give_up,
+            reconcile=reconcile,
         )
         if event is not None:
             log.info(
@@ -250,14 +361,46 @@ class Engine:
 
     def _callback_url(self, tx: Transaction) -> str | None:
         base = self.settings.public_base_url
-        if not base:
+        if not base or tx.backend is None:
             return None
-        return f"{base.rstrip('/')}/payments/momo/collection/webhook/"
+        path = CALLBACK_PATHS.get((tx.backend, tx.type))
+        return f"{base.rstrip('/')}{path}" if path else None
+
+
+# The webhook paths (the old package's), per backend and transaction type.
+CALLBACK_PATHS: dict[tuple[str, TransactionType], str] = {
+    ("MTN_MOMO", TransactionType.COLLECTION): "/payments/momo/collection/webhook/",
+    ("MTN_MOMO", TransactionType.DISBURSEMENT): "/payments/momo/disbursement/webhook/",
+    ("MTN_MOMO", TransactionType.REFUND): "/payments/momo/disbursement/webhook/",
+    ("PAWAPAY", TransactionType.COLLECTION): "/payments/pawapay/webhook/",
+    ("PAWAPAY", TransactionType.DISBURSEMENT): "/payments/pawapay/webhook/",
+    ("PAWAPAY", TransactionType.REFUND): "/payments/pawapay/webhook/",
+    ("FLUTTERWAVE", TransactionType.COLLECTION): "/payments/flutterwave/webhook/",
+    ("FLUTTERWAVE", TransactionType.REFUND): "/payments/flutterwave/webhook/",
+    ("ORANGE_MP", TransactionType.COLLECTION): "/payments/orange/webhook/",
+}
+
+
+def _operator(e164: str) -> str:
+    try:
+        return str(parse_msisdn(e164, sandbox=True).operator)
+    except ValueError:
+        return ""
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _seconds_until(moment: datetime | None) -> float:
+    if moment is None:
+        return 0.0
+    return max((moment - _now()).total_seconds(), 0.0)
+
+
 def _lease_expired(tx: Transaction) -> bool:
     return tx.send_lease_until is None or tx.send_lease_until < _now()
+
+
+def _waiting(tx: Transaction) -> bool:
+    return tx.send_after is not None and tx.send_after > _now()

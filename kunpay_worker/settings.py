@@ -38,6 +38,13 @@ class MtnProduct(BaseModel):
         ]
 
 
+def _known_currencies(value: list[str]) -> list[str]:
+    unknown = sorted(set(value) - set(CURRENCY_EXPONENTS))
+    if unknown:
+        raise ValueError(f"unknown currencies {unknown}")
+    return value
+
+
 class MtnMomoSettings(BaseModel):
     base_url: str = "https://sandbox.momodeveloper.mtn.com"
     # "sandbox" on MTN's sandbox; a country value such as "mtncameroon" in production.
@@ -45,18 +52,66 @@ class MtnMomoSettings(BaseModel):
     # What this environment accepts: EUR on MTN's sandbox, XAF in Cameroon.
     currencies: list[str] = ["XAF"]
     collection: MtnProduct = MtnProduct()
+    # Payouts, refunds and the balance use the disbursement product's own credentials.
+    disbursement: MtnProduct = MtnProduct()
+    # Before a payout: is the balance enough, is the payee's account active?
+    check_balance_before_transfer: bool = True
+    check_account_holder: bool = True
     # Refresh a token this long before MTN says it expires.
     token_refresh_margin: float = 60.0
     # payerMessage / payeeNote must not be empty (MTN has answered 500 to empty ones).
     payer_message: str = "Payment"
 
-    @field_validator("currencies")
-    @classmethod
-    def _known_currencies(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(CURRENCY_EXPONENTS))
-        if unknown:
-            raise ValueError(f"unknown currencies {unknown}")
-        return value
+    _currencies = field_validator("currencies")(_known_currencies)
+
+
+class PawapaySettings(BaseModel):
+    base_url: str = "https://api.sandbox.pawapay.io"
+    api_token: SecretStr | None = None
+    currencies: list[str] = ["XAF"]
+    # PawaPay's provider code per operator (Cameroon).
+    operator_codes: dict[str, str] = {"MTN": "MTN_MOMO_CMR", "ORANGE": "ORANGE_CMR"}
+    # Shown to the customer: 4-22 characters.
+    customer_message: str = Field("kunpay payment", min_length=4, max_length=22)
+    # When the PawaPay account requires signed financial requests (RFC 9421): our private key
+    # (PEM) and the key id PawaPay knows it by.
+    signing_key: SecretStr | None = None
+    signing_key_id: str | None = None
+
+    _currencies = field_validator("currencies")(_known_currencies)
+
+
+class FlutterwaveSettings(BaseModel):
+    base_url: str = "https://api.flutterwave.com"
+    secret_key: SecretStr | None = None
+    currencies: list[str] = ["XAF"]
+    country: str = "CM"
+    # Flutterwave requires a customer email on every charge.
+    customer_email: str | None = None
+    # Network names Flutterwave expects per operator.
+    networks: dict[str, str] = {"MTN": "MTN", "ORANGE": "ORANGE"}
+
+    _currencies = field_validator("currencies")(_known_currencies)
+
+
+class OrangeMpSettings(BaseModel):
+    base_url: str = "https://api-s1.orange.cm"
+    token_path: str = "/token"  # noqa: S105 - a URL path, not a secret
+    api_path: str = "/omcoreapis/1.0.2"
+    # OAuth client (Basic auth on the token endpoint).
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    # The merchant's static X-AUTH-TOKEN, channel number and PIN.
+    x_auth_token: SecretStr | None = None
+    channel_user_msisdn: str | None = None
+    pin: SecretStr | None = None
+    currencies: list[str] = ["XAF"]
+    token_refresh_margin: float = 60.0
+    # Orange may refuse a repeat debit of the same number and amount within a short window:
+    # a retry of a failed Orange collection waits this long after the failure before sending.
+    retry_wait: float = 120.0
+
+    _currencies = field_validator("currencies")(_known_currencies)
 
 
 class HttpSettings(BaseModel):
@@ -71,6 +126,9 @@ class PollSettings(BaseModel):
     delays: list[float] = [15, 30, 60, 120, 240, 480]
     # After the schedule, next_poll_at is set this far ahead for the janitor's sweeps.
     janitor_interval: float = 3600
+    # A collection the provider reported FAILED is checked again this long after (each after
+    # the previous): a late success completes it, announced with late=true.
+    late_delays: list[float] = [900, 3600, 4 * 3600]
 
     @field_validator("delays")
     @classmethod
@@ -93,6 +151,9 @@ class Settings(BaseSettings):
     # Provider key (what apps name) → backend (the API that serves it).
     providers: dict[str, str] = {"MTN_CAMEROON": "MTN_MOMO"}
     mtn_momo: MtnMomoSettings = MtnMomoSettings()
+    pawapay: PawapaySettings = PawapaySettings()
+    flutterwave: FlutterwaveSettings = FlutterwaveSettings()
+    orange_mp: OrangeMpSettings = OrangeMpSettings()
     http: HttpSettings = HttpSettings()
     poll: PollSettings = PollSettings()
 

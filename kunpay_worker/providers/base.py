@@ -1,4 +1,11 @@
-"""What every backend offers, as a Protocol, and the values that cross it."""
+"""What every backend offers, as a Protocol, and the values that cross it.
+
+A backend is one provider API (``MTN_MOMO``, ``PAWAPAY``, ``FLUTTERWAVE``, ``ORANGE_MP``). The
+engine drives every backend the same way (DESIGN.md §5): it builds a :class:`MoneyRequest` from
+the transaction row, asks the backend to ``send`` it (after ``prepare`` for backends whose
+provider hands out the lookup key first, and ``preflight`` checks for payouts), and later to
+``lookup`` it. Backends raise only :mod:`kunpay_worker.providers.errors`.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +18,46 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 import aiohttp
 
+from kunpay_sdk.contracts import TransactionType
+
 if TYPE_CHECKING:
     from kunpay_worker.settings import Settings
 
 __all__ = [
+    "AccountHolder",
     "AttemptRecord",
     "AttemptRecorder",
-    "CollectionBackend",
-    "CollectionRequest",
+    "Backend",
+    "BackendBase",
+    "Balance",
+    "Capability",
     "Lookup",
+    "MoneyRequest",
     "ProviderStatus",
+    "SendReceipt",
     "SendResult",
     "mask_payload",
     "mask_text",
 ]
+
+
+class Capability(StrEnum):
+    """What a backend can do (PROVIDERS.md capability table)."""
+
+    COLLECT = "collect"
+    DISBURSE = "disburse"
+    REFUND = "refund"
+    PARTIAL_REFUND = "partial_refund"
+    BALANCE = "balance"
+    ACCOUNT_CHECK = "account_check"
+
+
+# Which capability a transaction type needs.
+CAPABILITY_FOR: dict[TransactionType, Capability] = {
+    TransactionType.COLLECTION: Capability.COLLECT,
+    TransactionType.DISBURSEMENT: Capability.DISBURSE,
+    TransactionType.REFUND: Capability.REFUND,
+}
 
 
 class ProviderStatus(StrEnum):
@@ -41,14 +74,39 @@ class SendResult(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class CollectionRequest:
+class MoneyRequest:
+    """One money movement as the backend sees it, built from the transaction row."""
+
+    kind: TransactionType
     transaction_id: str
-    reference: str  # uuid4, stored before this call
+    # Our fresh uuid4 for this movement, stored before any call: MTN X-Reference-Id, PawaPay
+    # depositId/payoutId/refundId, Flutterwave tx_ref, Orange orderId.
+    reference: str
     amount: Decimal
     currency: str
-    msisdn: str  # country code + number, no '+'
+    # Country code and number, no '+': the payer of a collection, the payee of a payout, the
+    # original payer of a refund.
+    msisdn: str
+    # "MTN" or "ORANGE": PawaPay's provider code and Flutterwave's network come from it.
+    operator: str
     message: str
     callback_url: str | None = None
+    # An id the provider assigned and we stored: Orange's payToken (from prepare()), the
+    # Flutterwave charge or refund id (from a send or lookup answer).
+    handle: str | None = None
+    # Refunds: the payment being refunded, as the provider knows it.
+    original_reference: str | None = None
+    original_handle: str | None = None
+    original_amount: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendReceipt:
+    """The provider took the request (or already had it)."""
+
+    result: SendResult
+    # A provider id learned from the answer, stored as the transaction's handle.
+    handle: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +118,22 @@ class Lookup:
     reason: str | None = None
     provider_status: str | None = None
     provider_transaction_id: str | None = None
+    handle: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    amount: Decimal
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class AccountHolder:
+    """What a provider says about a number. ``active`` is None when it cannot tell."""
+
+    active: bool | None
+    operator: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +156,17 @@ class AttemptRecord:
 AttemptRecorder = Callable[[AttemptRecord], Awaitable[None]]
 
 
-class CollectionBackend(Protocol):
+class Backend(Protocol):
     name: ClassVar[str]
-    # Operations this backend can do ("collect", later "disburse", "refund", ...).
-    capabilities: ClassVar[frozenset[str]]
+    capabilities: ClassVar[frozenset[Capability]]
+    # The operators whose numbers it reaches ("MTN", "ORANGE").
+    operators: ClassVar[frozenset[str]]
     # Whether sending the same reference twice is harmless (the provider de-duplicates), which
     # decides whether a send with an unknown outcome may ever be repeated (DESIGN.md §5).
     dedupes_by_reference: ClassVar[bool]
+    # Whether the provider hands out the lookup key before the money request (Orange's
+    # payToken): then prepare() runs first and its answer is committed before send().
+    needs_prepare: ClassVar[bool]
 
     @classmethod
     def from_settings(
@@ -110,18 +188,54 @@ class CollectionBackend(Protocol):
         """The currencies this backend accepts in the configured environment."""
         ...
 
-    async def request_collection(self, request: CollectionRequest) -> SendResult: ...
+    async def prepare(self, request: MoneyRequest) -> str:
+        """Get the provider's lookup key for a request before sending it (needs_prepare)."""
+        ...
 
-    async def lookup_collection(self, reference: str, transaction_id: str | None) -> Lookup: ...
+    async def preflight(self, request: MoneyRequest) -> str | None:
+        """Checks before a payout; a reason to fail it with nothing sent, or None to go on."""
+        ...
+
+    async def send(self, request: MoneyRequest) -> SendReceipt: ...
+
+    async def lookup(self, request: MoneyRequest) -> Lookup: ...
+
+    async def balance(self) -> Balance: ...
+
+    async def account_holder(self, msisdn: str, operator: str) -> AccountHolder: ...
 
 
-_PHONE_KEYS = re.compile(r"(?i)(msisdn|phone|partyid|payer|payee)")
-_SECRET_KEYS = re.compile(r"(?i)(pin|secret|password|token|api_?key|authorization)")
+class BackendBase:
+    """Defaults for what a backend does not do; capabilities keep the engine from asking."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    operators: ClassVar[frozenset[str]] = frozenset()
+    needs_prepare: ClassVar[bool] = False
+
+    async def prepare(self, request: MoneyRequest) -> str:
+        raise NotImplementedError(f"{self.name} has no prepare step")
+
+    async def preflight(self, request: MoneyRequest) -> str | None:
+        return None
+
+    async def balance(self) -> Balance:
+        raise NotImplementedError(f"{self.name} has no balance")
+
+    async def account_holder(self, msisdn: str, operator: str) -> AccountHolder:
+        raise NotImplementedError(f"{self.name} has no account check")
+
+
+_PHONE_KEYS = re.compile(
+    r"(?i)(msisdn|phone|partyid|payer|payee|subscriber|channeluser|recipient|customer)"
+)
+_SECRET_KEYS = re.compile(r"(?i)(pin|secret|password|token|api_?key|authorization|x-auth)")
+# Eight to fifteen digits standing alone (not inside an id such as a UUID).
 _LONG_DIGITS = re.compile(r"(?<![\w-])\+?\d{8,15}(?![\w-])")
 
 
 def mask_text(value: str) -> str:
-    """Mask every run of eight or more digits (phone numbers) to its last three."""
+    """Mask every run of eight to fifteen digits (phone numbers) to its last three."""
     return _LONG_DIGITS.sub(lambda m: "*" * (len(m.group()) - 3) + m.group()[-3:], value)
 
 

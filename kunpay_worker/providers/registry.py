@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import aiohttp
 
-from kunpay_worker.providers.base import AttemptRecorder, CollectionBackend
+from kunpay_worker.providers.base import AttemptRecorder, Backend, Capability
 from kunpay_worker.providers.mtn_momo.client import MtnMomoClient
 from kunpay_worker.settings import Settings
 
-__all__ = ["BACKENDS", "build_backends", "configuration_problems", "rejection_for"]
+__all__ = [
+    "BACKENDS",
+    "backend_rejection",
+    "build_backends",
+    "configuration_problems",
+    "rejection_for",
+]
 
 # The implemented backends; settings may name others (PROVIDERS.md), which start-up refuses.
-BACKENDS: dict[str, type[CollectionBackend]] = {
+BACKENDS: dict[str, type[Backend]] = {
     MtnMomoClient.name: MtnMomoClient,
 }
 
@@ -20,7 +26,7 @@ def build_backends(
     settings: Settings,
     session: aiohttp.ClientSession,
     recorder: AttemptRecorder | None,
-) -> dict[str, CollectionBackend]:
+) -> dict[str, Backend]:
     """One client per backend a provider key maps to, sharing the worker's HTTP session."""
     timeout = aiohttp.ClientTimeout(
         total=settings.http.total_timeout, connect=settings.http.connect_timeout
@@ -42,26 +48,51 @@ def configuration_problems(settings: Settings) -> list[str]:
     return problems
 
 
-def rejection_for(settings: Settings, provider: str, operation: str, currency: str) -> str | None:
-    """Why this worker cannot do ``operation`` for ``provider`` in ``currency``, or None."""
+def _keys_that_can(settings: Settings, capability: Capability) -> str:
+    able = sorted(
+        key
+        for key, name in settings.providers.items()
+        if name in BACKENDS and capability in BACKENDS[name].capabilities
+    )
+    return ", ".join(able) or "none configured"
+
+
+def backend_rejection(
+    settings: Settings, backend: str | None, capability: Capability
+) -> str | None:
+    """Why ``backend`` cannot do ``capability`` here (naming the provider keys that can), or
+    None. For refunds and retries, which go through the original payment's backend."""
+    if backend is None or backend not in BACKENDS or backend not in settings.enabled_backends():
+        return f"UNSUPPORTED: backend {backend} is not configured on this worker"
+    if capability not in BACKENDS[backend].capabilities:
+        return (
+            f"UNSUPPORTED: {backend} cannot {capability}; provider keys that can: "
+            f"{_keys_that_can(settings, capability)}"
+        )
+    return None
+
+
+def rejection_for(
+    settings: Settings, provider: str, capability: Capability, currency: str, operator: str
+) -> str | None:
+    """Why this worker cannot do ``capability`` for ``provider`` in ``currency`` to a number
+    of ``operator``, or None."""
     backend = settings.providers.get(provider)
     if backend is None or backend not in BACKENDS:
         configured = ", ".join(sorted(settings.providers)) or "none"
         return (
-            f"provider key {provider} is not configured on this worker (configured: {configured})"
+            f"UNSUPPORTED: provider key {provider} is not configured on this worker "
+            f"(configured: {configured})"
         )
     cls = BACKENDS[backend]
-    if operation not in cls.capabilities:
-        able = sorted(
-            key
-            for key, name in settings.providers.items()
-            if name in BACKENDS and operation in BACKENDS[name].capabilities
-        )
+    if capability not in cls.capabilities:
         return (
-            f"{provider} ({backend}) cannot {operation}; provider keys that can: "
-            f"{', '.join(able) or 'none'}"
+            f"UNSUPPORTED: {provider} ({backend}) cannot {capability}; provider keys that can: "
+            f"{_keys_that_can(settings, capability)}"
         )
+    if operator and operator not in cls.operators:
+        return f"UNSUPPORTED: {provider} ({backend}) does not reach {operator} numbers"
     accepted = cls.currencies(settings)
     if currency not in accepted:
-        return f"{backend} here accepts {', '.join(accepted)}, not {currency}"
+        return f"UNSUPPORTED: {backend} here accepts {', '.join(accepted)}, not {currency}"
     return None

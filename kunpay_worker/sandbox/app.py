@@ -2,43 +2,49 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from aiohttp import web
 
+from kunpay_worker.sandbox.common import SandboxConfig, Simulator
 from kunpay_worker.sandbox.mtn_momo import MtnSandbox
 
-__all__ = ["MTN_KEY", "SandboxConfig", "build_app"]
+__all__ = ["MTN_KEY", "SIMULATORS_KEY", "SandboxConfig", "build_app"]
 
 MTN_KEY = web.AppKey("mtn", MtnSandbox)
-
-
-@dataclass(frozen=True)
-class SandboxConfig:
-    # A payment settles (SUCCESSFUL/FAILED) this long after it was registered.
-    settle_seconds: float = 1.0
-    # The SLOW scenario answers after this long (beyond the worker's provider timeout).
-    slow_seconds: float = 60.0
-    # MTN sends callbacks as PUT or POST: both exist in the wild.
-    callback_method: str = "PUT"
-
-
-async def _health(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+SIMULATORS_KEY = web.AppKey("simulators", dict[str, Simulator])
 
 
 def build_app(config: SandboxConfig) -> web.Application:
     app = web.Application()
-    mtn = MtnSandbox(
-        settle_seconds=config.settle_seconds,
-        slow_seconds=config.slow_seconds,
-        callback_method=config.callback_method,
-    )
+    simulators: dict[str, Simulator] = {}
+    mtn = MtnSandbox(config)
+    simulators[mtn.name] = mtn
     app[MTN_KEY] = mtn
-    app.add_routes([web.get("/_sandbox/health", _health), *mtn.routes()])
+    app[SIMULATORS_KEY] = simulators
 
-    async def _close(_app: web.Application) -> None:
-        await mtn.close()
+    async def health(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "providers": sorted(simulators)})
 
-    app.on_cleanup.append(_close)
+    async def counts(_request: web.Request) -> web.Response:
+        return web.json_response({name: sim.counts() for name, sim in simulators.items()})
+
+    async def release(_request: web.Request) -> web.Response:
+        held = sum(sim.held for sim in simulators.values())
+        for sim in simulators.values():
+            sim.release()
+        return web.json_response({"released": held})
+
+    app.add_routes(
+        [
+            web.get("/_sandbox/health", health),
+            web.get("/_sandbox/requests", counts),
+            web.post("/_sandbox/release", release),
+            *mtn.routes(),
+        ]
+    )
+
+    async def close(_app: web.Application) -> None:
+        for sim in simulators.values():
+            await sim.close()
+
+    app.on_cleanup.append(close)
     return app

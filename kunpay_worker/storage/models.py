@@ -44,6 +44,7 @@ class PaymentType(Model):
     short_name = fields.CharField(max_length=40, unique=True)
     payment_class = fields.CharField(max_length=40)
     provider = fields.CharField(max_length=40)
+    currency = fields.CharField(max_length=8, default="XAF")
     is_active = fields.BooleanField(default=True)
     fixed_provider_fee = fields.DecimalField(max_digits=18, decimal_places=4, default=0)
     percentage_provider_fee = fields.DecimalField(max_digits=7, decimal_places=4, default=0)
@@ -79,12 +80,21 @@ class Transaction(Model):
     # Sending: a fresh uuid4 per transaction, stored before the provider is called.
     provider_reference = fields.CharField(max_length=64, null=True, unique=True)
     provider_transaction_id = fields.CharField(max_length=128, null=True)
+    # An id the provider assigned (Orange payToken, Flutterwave charge or refund id).
+    provider_handle = fields.CharField(max_length=128, null=True)
+    # The provider could not confirm the outcome (a non-deduplicating send with an unknown
+    # answer that never showed up): an operator must reconcile it.
+    needs_reconciliation = fields.BooleanField(default=False)
     initiation = fields.CharEnumField(Initiation, max_length=10)
     send_lease_until = fields.DatetimeField(null=True)
     send_attempts = fields.IntField(default=0)
+    # Do not send before this (a retry of a failed Orange collection waits a little).
+    send_after = fields.DatetimeField(null=True)
     # Polling: a poll message carrying another seq than poll_seq is stale and dropped.
     poll_seq = fields.IntField(default=0)
     poll_count = fields.IntField(default=0)
+    # Checks of a FAILED collection for a provider's late success.
+    late_checks = fields.IntField(default=0)
     next_poll_at = fields.DatetimeField(null=True, db_index=True)
     # Events: the last sequence number used for this transaction's events.
     event_seq = fields.IntField(default=0)
@@ -94,9 +104,12 @@ class Transaction(Model):
     )
     gross_amount = fields.DecimalField(max_digits=18, decimal_places=4, null=True)
     fee_amount = fields.DecimalField(max_digits=18, decimal_places=4, null=True)
+    net_amount = fields.DecimalField(max_digits=18, decimal_places=4, null=True)
     original: fields.ForeignKeyNullableRelation[Transaction] = fields.ForeignKeyField(
         "kunpay.Transaction", null=True, on_delete=fields.RESTRICT, related_name=False
     )
+    # Retries: the first attempt of the chain (None on the first attempt itself).
+    attempt_root = fields.UUIDField(null=True, db_index=True)
     amount_refunded = fields.DecimalField(max_digits=18, decimal_places=4, default=0)
     amount_reserved = fields.DecimalField(max_digits=18, decimal_places=4, default=0)
     created_at = fields.DatetimeField()

@@ -8,41 +8,37 @@ expected state in the ``WHERE`` clause and the row count checked.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import structlog
-from tortoise.exceptions import IntegrityError
-from tortoise.expressions import F, Q
+from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
 from kunpay_sdk import topology
 from kunpay_sdk.contracts import (
     FINAL_EVENT_TYPES,
-    CollectCommand,
     Event,
     EventType,
     Status,
     TransactionSnapshot,
     TransactionType,
-    ValidatedCollect,
-    command_fingerprint,
 )
 from kunpay_worker.domain.lifecycle import plan_transition
 from kunpay_worker.domain.schedule import next_poll_delay, tier_for, to_ms
 from kunpay_worker.providers.base import AttemptRecord
 from kunpay_worker.storage.models import (
-    InboxCommand,
-    InboxOutcome,
     Initiation,
     OutboxKind,
     OutboxMessage,
+    PaymentType,
     ProviderAttempt,
+    Refund,
     Transaction,
     TransactionStatus,
 )
@@ -61,7 +57,11 @@ class LostRace(Exception):
 # -- snapshots and events ---------------------------------------------------------------------
 
 
-def snapshot(tx: Transaction) -> TransactionSnapshot:
+async def snapshot(tx: Transaction) -> TransactionSnapshot:
+    payment_type = None
+    if tx.payment_type_id is not None:  # type: ignore[attr-defined]
+        row = await PaymentType.get_or_none(id=tx.payment_type_id)  # type: ignore[attr-defined]
+        payment_type = row.short_name if row else None
     return TransactionSnapshot(
         id=tx.id,
         type=tx.type,
@@ -79,12 +79,18 @@ def snapshot(tx: Transaction) -> TransactionSnapshot:
         provider_transaction_id=tx.provider_transaction_id,
         failure_reason=tx.failure_reason,
         original_transaction_id=tx.original_id,  # type: ignore[attr-defined]
+        amount_refunded=tx.amount_refunded,
+        payment_type=payment_type,
+        gross_amount=tx.gross_amount,
+        fee_amount=tx.fee_amount,
+        net_amount=tx.net_amount,
+        needs_reconciliation=tx.needs_reconciliation,
         created_at=tx.created_at,
         updated_at=tx.updated_at,
     )
 
 
-def _event_outbox_row(event: Event, app: str, now: datetime) -> OutboxMessage:
+def event_outbox_row(event: Event, app: str, now: datetime) -> OutboxMessage:
     return OutboxMessage(
         kind=OutboxKind.EVENT,
         exchange=topology.EVENTS_EXCHANGE,
@@ -105,7 +111,40 @@ def _event_outbox_row(event: Event, app: str, now: datetime) -> OutboxMessage:
     )
 
 
-async def _set_status(
+async def _emit(
+    tx: Transaction,
+    event_type: EventType,
+    now: datetime,
+    *,
+    reason: str | None = None,
+    late: bool = False,
+    command_id: uuid.UUID | None = None,
+    original: Transaction | None = None,
+    provider_refund_id: str | None = None,
+    bump: bool = True,
+) -> Event:
+    """Inside a DB transaction: the next event of ``tx``, written to the outbox."""
+    tx.event_seq += 1
+    if bump:
+        await Transaction.filter(id=tx.id).update(event_seq=tx.event_seq)
+    event = Event(
+        event_id=uuid.uuid4(),
+        type=event_type,
+        occurred_at=now,
+        sequence=tx.event_seq,
+        correlation_id=tx.correlation_id,
+        command_id=command_id,
+        transaction=await snapshot(tx),
+        reason=reason,
+        original_transaction=await snapshot(original) if original is not None else None,
+        provider_refund_id=provider_refund_id,
+        late=late,
+    )
+    await event_outbox_row(event, tx.app, now).save()
+    return event
+
+
+async def set_status(
     tx: Transaction,
     new: Status,
     reason: str | None,
@@ -115,37 +154,39 @@ async def _set_status(
     command_id: uuid.UUID | None = None,
     **changes: Any,
 ) -> Event | None:
-    """Inside a DB transaction: compare-and-set ``tx.status`` to ``new``, append the status row,
-    and put the event in the outbox. Returns the event (None for a same-status reason update)."""
+    """Inside a DB transaction, with ``tx`` locked: compare-and-set ``tx.status`` to ``new``,
+    append the status row, and put the event in the outbox. A settled refund updates the
+    refunded payment in the same transaction; a second completed attempt of one payment is
+    announced as ``payment.duplicate_detected``. Returns the event (None for a same-status
+    reason update)."""
     current = tx.status if tx.event_seq else None  # event_seq 0: the row is being created
     plan = plan_transition(tx.type, current, new)
     if plan.current == plan.new and reason == tx.failure_reason:
         return None
     if current is not None:
         values = {"status": new, "failure_reason": reason, "updated_at": now, **changes}
-        if plan.event is not None:
-            values["event_seq"] = F("event_seq") + 1
         updated = await Transaction.filter(id=tx.id, status=current).update(**values)
         if updated != 1:
             raise LostRace(f"{tx.id} is no longer {current}")
         for name, value in values.items():
-            if name != "event_seq":
-                setattr(tx, name, value)
+            setattr(tx, name, value)
+    original: Transaction | None = None
+    refund_id: str | None = None
+    if tx.type is TransactionType.REFUND and current is not None and plan.current != plan.new:
+        original, refund_id = await _settle_refund(tx, new, reason, now)
     event: Event | None = None
     if plan.event is not None:
-        tx.event_seq += 1
-        event = Event(
-            event_id=uuid.uuid4(),
-            type=plan.event,
-            occurred_at=now,
-            sequence=tx.event_seq,
-            correlation_id=tx.correlation_id,
-            command_id=command_id,
-            transaction=snapshot(tx),
+        event = await _emit(
+            tx,
+            plan.event,
+            now,
             reason=reason,
             late=plan.late,
+            command_id=command_id,
+            original=original,
+            provider_refund_id=refund_id,
+            bump=current is not None,
         )
-        await _event_outbox_row(event, tx.app, now).save()
     await TransactionStatus.create(
         transaction_id=tx.id,
         status=new,
@@ -157,160 +198,68 @@ async def _set_status(
         event=event.model_dump(mode="json") if event else None,
         created_at=now,
     )
+    if tx.type is TransactionType.COLLECTION and new is Status.COMPLETED:
+        await _detect_duplicate(tx, now)
     return event
 
 
-# -- intake (DESIGN.md §5 steps 1-2) ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Intake:
-    outcome: InboxOutcome | None  # None: this command id was seen before (a redelivery)
-    transaction: Transaction | None
-
-
-def raw_fingerprint(command: CollectCommand) -> str:
-    """Fingerprint of a command that failed validation (its fields as given)."""
-    canonical = json.dumps(
-        {
-            "operation": command.operation,
-            "provider": command.provider,
-            "amount": str(command.amount),
-            "currency": command.currency,
-            "phone_number": command.phone_number,
-            "order_id": command.order_id,
-            "user_id": command.user_id,
-            "invalid": True,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-async def take_in_collect(
-    command: CollectCommand,
-    *,
-    app: str,
-    fields: ValidatedCollect | None,
-    rejection: str | None,
-    backend: str | None,
-    plan: PollPlan,
-) -> Intake:
-    """Record a collect command: a new PENDING (or REJECTED) transaction, a duplicate of an
-    existing one, or an idempotency conflict rejected by command id. Idempotent per command id.
-
-    A new PENDING transaction also gets its first check scheduled, so it moves on even if this
-    delivery goes no further (the send supersedes that check)."""
-    fingerprint = (
-        command_fingerprint(command.operation, fields) if fields else raw_fingerprint(command)
-    )
-    args = (command, app, fields, rejection, backend, fingerprint, plan)
-    for _ in range(2):
-        try:
-            return await _take_in_collect(*args)
-        except IntegrityError:
-            # A concurrent delivery inserted the same command or transaction: look again.
-            continue
-    return await _take_in_collect(*args)
-
-
-async def _take_in_collect(
-    command: CollectCommand,
-    app: str,
-    fields: ValidatedCollect | None,
-    rejection: str | None,
-    backend: str | None,
-    fingerprint: str,
-    plan: PollPlan,
-) -> Intake:
-    now = utcnow()
-    async with in_transaction():
-        seen = await InboxCommand.get_or_none(command_id=command.command_id)
-        if seen is not None:
-            tx = (
-                await Transaction.get_or_none(id=seen.transaction_id)
-                if seen.outcome is not InboxOutcome.REJECTED
-                else None
-            )
-            return Intake(None, tx)
-
-        existing = await Transaction.select_for_update().get_or_none(id=command.transaction_id)
-        if existing is not None:
-            if existing.fingerprint == fingerprint:
-                await InboxCommand.create(
-                    command_id=command.command_id,
-                    app=app,
-                    operation=command.operation,
-                    transaction_id=existing.id,
-                    outcome=InboxOutcome.DUPLICATE,
-                    received_at=now,
-                )
-                return Intake(InboxOutcome.DUPLICATE, existing)
-            reason = (
-                f"IDEMPOTENCY_CONFLICT: key {command.idempotency_key!r} was already used for "
-                f"transaction {existing.id} with different content"
-            )
-            await InboxCommand.create(
-                command_id=command.command_id,
-                app=app,
-                operation=command.operation,
-                transaction_id=existing.id,
-                outcome=InboxOutcome.REJECTED,
-                reason=reason,
-                received_at=now,
-            )
-            event = Event(
-                event_id=uuid.uuid4(),
-                type=EventType.REJECTED,
-                occurred_at=now,
-                sequence=1,
-                correlation_id=command.correlation_id,
-                command_id=command.command_id,
-                transaction=None,
-                reason=reason,
-            )
-            row = _event_outbox_row(event, app, now)
-            row.headers["transaction_id"] = ""
-            await row.save()
-            return Intake(InboxOutcome.REJECTED, None)
-
-        rejected = rejection is not None
-        tx = await Transaction.create(
-            id=command.transaction_id,
-            app=app,
-            type=TransactionType.COLLECTION,
-            operation=command.operation,
-            idempotency_key=command.idempotency_key,
-            fingerprint=fingerprint,
-            command_id=command.command_id,
-            correlation_id=command.correlation_id,
-            provider=command.provider,
-            backend=backend,
-            amount=fields.amount if fields else command.amount,
-            currency=fields.currency if fields else command.currency,
-            phone_number=fields.phone_number if fields else command.phone_number,
-            order_id=command.order_id,
-            user_id=command.user_id,
-            status=Status.REJECTED if rejected else Status.PENDING,
-            failure_reason=rejection,
-            provider_reference=None if rejected else str(uuid.uuid4()),
-            initiation=Initiation.NOT_SENT if rejected else Initiation.NEW,
-            created_at=now,
-            updated_at=now,
+async def _settle_refund(
+    refund: Transaction, new: Status, reason: str | None, now: datetime
+) -> tuple[Transaction, str | None]:
+    """A refund completed or failed: move its amount out of the original's reservation, into
+    ``amount_refunded`` on success, and move the original to REFUNDED (all refunded) or
+    REFUND_FAILED."""
+    original = await lock(refund.original_id)  # type: ignore[attr-defined]
+    if original is None:
+        raise LostRace(f"refund {refund.id} has no original")
+    reserved = max(original.amount_reserved - refund.amount, Decimal(0))
+    refund_id: str | None = None
+    if new is Status.COMPLETED:
+        refunded = original.amount_refunded + refund.amount
+        await Transaction.filter(id=original.id).update(
+            amount_reserved=reserved, amount_refunded=refunded, updated_at=now
         )
-        await InboxCommand.create(
-            command_id=command.command_id,
-            app=app,
-            operation=command.operation,
-            transaction_id=tx.id,
-            outcome=InboxOutcome.ACCEPTED,
-            received_at=now,
+        original.amount_reserved, original.amount_refunded = reserved, refunded
+        refund_id = (
+            refund.provider_transaction_id or refund.provider_handle or refund.provider_reference
         )
-        await _set_status(tx, tx.status, rejection, now, command_id=command.command_id)
-        await Transaction.filter(id=tx.id).update(event_seq=tx.event_seq)
-        if not rejected:
-            await _schedule_poll(tx, plan.delays[0], plan, now)
-        return Intake(InboxOutcome.ACCEPTED, tx)
+        # Exactly one of the provider's and a manual refund id.
+        await Refund.filter(transaction_id=refund.id).update(
+            provider_refund_id=refund_id, manual_refund_id=None
+        )
+        if refunded >= original.amount:
+            await set_status(original, Status.REFUNDED, None, now)
+    else:
+        await Transaction.filter(id=original.id).update(amount_reserved=reserved, updated_at=now)
+        original.amount_reserved = reserved
+        failure = f"refund {refund.id} failed: {reason}"
+        if original.status is Status.COMPLETED or original.status is Status.REFUND_FAILED:
+            await set_status(original, Status.REFUND_FAILED, failure, now)
+    return original, refund_id
+
+
+async def _detect_duplicate(tx: Transaction, now: datetime) -> None:
+    """Two attempts of one payment both completed: the customer paid twice. Say so."""
+    root = tx.attempt_root or tx.id
+    others = (
+        await Transaction.filter(Q(id=root) | Q(attempt_root=root))
+        .exclude(id=tx.id)
+        .filter(status__in=[Status.COMPLETED, Status.REFUND_FAILED])
+        .order_by("created_at")
+    )
+    if not others:
+        return
+    other = others[0]
+    await _emit(
+        tx,
+        EventType.DUPLICATE_DETECTED,
+        now,
+        reason=(
+            f"DOUBLE_CHARGE: {tx.id} and {other.id} are attempts of one payment and both "
+            "completed; refund one of them"
+        ),
+        original=other,
+    )
 
 
 # -- sending (DESIGN.md §5 steps 3-5) ---------------------------------------------------------
@@ -328,6 +277,8 @@ class PollPlan:
     delays: Sequence[float]
     tiers_ms: Sequence[int]
     janitor_interval: float
+    # Checks of a FAILED collection for a provider's late success, each after the previous.
+    late_delays: Sequence[float] = ()
 
 
 async def claim_send(
@@ -386,7 +337,10 @@ async def _schedule_poll(
         await _poll_message(tx, delay, plan, now).save()
 
 
-async def _lock(tx_id: uuid.UUID) -> Transaction | None:
+async def lock(tx_id: uuid.UUID | None) -> Transaction | None:
+    """The row, locked until the end of the DB transaction (FOR UPDATE on PostgreSQL)."""
+    if tx_id is None:
+        return None
     return await Transaction.select_for_update().get_or_none(id=tx_id)
 
 
@@ -400,7 +354,7 @@ async def schedule_poll(
     in a crashed worker's outbox claim) is replaced. False if nothing was scheduled.
     """
     async with in_transaction():
-        tx = await _lock(tx_id)
+        tx = await lock(tx_id)
         if tx is None or tx.status is not Status.PENDING:
             return False
         now = utcnow()
@@ -414,9 +368,17 @@ async def schedule_poll(
         return True
 
 
+async def schedule_first_check(
+    tx: Transaction, delay: float, plan: PollPlan, now: datetime
+) -> None:
+    """Inside the intake transaction: the first check, so that the transaction moves on even
+    if the delivery that created it goes no further (the send supersedes it)."""
+    await _schedule_poll(tx, delay, plan, now)
+
+
 async def _lock_claim(tx_id: uuid.UUID, fence: int) -> Transaction | None:
     """The row, locked, if the claim with attempt number ``fence`` still holds it."""
-    tx = await _lock(tx_id)
+    tx = await lock(tx_id)
     if (
         tx is None
         or tx.status is not Status.PENDING
@@ -435,22 +397,41 @@ async def record_sent(
     plan: PollPlan,
     *,
     uncount: bool = False,
+    handle: str | None = None,
 ) -> bool:
     """Record the send's answer (SENT or UNKNOWN, or NEW/UNKNOWN again when the request
     certainly did not arrive) and schedule the next check, in one DB transaction.
 
     ``uncount``: the attempt does not count toward the limit (the provider throttled us).
-    False when the claim was lost (our lease expired and another delivery took over)."""
+    ``handle``: an id the provider gave in its answer. False when the claim was lost (our
+    lease expired and another delivery took over)."""
     async with in_transaction():
         tx = await _lock_claim(tx_id, fence)
         if tx is None:
             return False
         now = utcnow()
-        attempts = fence - 1 if uncount else fence
-        await Transaction.filter(id=tx_id, send_attempts=fence).update(
-            initiation=initiation, send_lease_until=None, send_attempts=attempts, updated_at=now
-        )
+        changes: dict[str, Any] = {
+            "initiation": initiation,
+            "send_lease_until": None,
+            "send_attempts": fence - 1 if uncount else fence,
+            "updated_at": now,
+        }
+        if handle is not None:
+            changes["provider_handle"] = handle
+        await Transaction.filter(id=tx_id, send_attempts=fence).update(**changes)
         await _schedule_poll(tx, delay, plan, now)
+        return True
+
+
+async def record_handle(tx_id: uuid.UUID, fence: int, handle: str) -> bool:
+    """Commit the provider's lookup key (Orange payToken) before the money request goes out."""
+    async with in_transaction():
+        tx = await _lock_claim(tx_id, fence)
+        if tx is None:
+            return False
+        await Transaction.filter(id=tx_id, send_attempts=fence).update(
+            provider_handle=handle, updated_at=utcnow()
+        )
         return True
 
 
@@ -460,7 +441,7 @@ async def record_refused(tx_id: uuid.UUID, fence: int, reason: str) -> Event | N
         tx = await _lock_claim(tx_id, fence)
         if tx is None:
             return None
-        return await _set_status(
+        return await set_status(
             tx,
             Status.FAILED,
             reason,
@@ -477,7 +458,7 @@ async def fail_unsent(tx_id: uuid.UUID, fence: int, reason: str) -> Event | None
         tx = await _lock_claim(tx_id, fence)
         if tx is None:
             return None
-        return await _set_status(
+        return await set_status(
             tx,
             Status.FAILED,
             reason,
@@ -505,6 +486,7 @@ async def record_check(
     plan: PollPlan,
     found_reference: bool,
     give_up: str | None = None,
+    reconcile: bool = False,
 ) -> Event | None:
     """Record one check of a PENDING transaction and schedule the next.
 
@@ -514,7 +496,7 @@ async def record_check(
     UNKNOWN initiation to SENT. ``give_up``: when the schedule is spent, FAIL with this reason
     (only ever for a request the provider says it never registered)."""
     async with in_transaction():
-        tx = await _lock(tx_id)
+        tx = await lock(tx_id)
         if tx is None or tx.status is not Status.PENDING:
             return None
         final = observation is not None and observation.status is not Status.PENDING
@@ -528,14 +510,85 @@ async def record_check(
             changes["provider_transaction_id"] = observation.provider_transaction_id
         if observation is not None and final:
             changes["next_poll_at"] = None
-            return await _set_status(tx, observation.status, observation.reason, now, **changes)
+            event = await set_status(tx, observation.status, observation.reason, now, **changes)
+            await _schedule_late_check(tx, plan, now)
+            return event
         delay = next_poll_delay(tx.poll_count + 1, plan.delays)
         if delay is None and give_up is not None:
-            changes.update(next_poll_at=None, initiation=Initiation.NOT_SENT, send_lease_until=None)
-            return await _set_status(tx, Status.FAILED, give_up, now, **changes)
+            changes.update(next_poll_at=None, send_lease_until=None)
+            if reconcile:
+                changes["needs_reconciliation"] = True
+            else:
+                changes["initiation"] = Initiation.NOT_SENT
+            return await set_status(tx, Status.FAILED, give_up, now, **changes)
         await Transaction.filter(id=tx_id).update(**changes, updated_at=now)
         tx.poll_count += 1
         await _schedule_poll(tx, delay, plan, now)
+        return None
+
+
+async def _schedule_late_check(tx: Transaction, plan: PollPlan, now: datetime) -> None:
+    """A collection the provider reported FAILED may still complete: look again later."""
+    if (
+        tx.type is TransactionType.COLLECTION
+        and tx.status is Status.FAILED
+        and tx.initiation is Initiation.SENT
+        and tx.late_checks < len(plan.late_delays)
+    ):
+        await _schedule_poll(tx, plan.late_delays[tx.late_checks], plan, now)
+
+
+async def record_late_check(
+    tx_id: uuid.UUID, poll_seq: int, observation: Observation | None, *, plan: PollPlan
+) -> Event | None:
+    """One late check of a FAILED collection: a provider's late success completes it (with
+    ``late: true``); otherwise the next late check, if any."""
+    async with in_transaction():
+        tx = await lock(tx_id)
+        if tx is None or tx.status is not Status.FAILED:
+            return None
+        now = utcnow()
+        if observation is not None and observation.status is Status.COMPLETED:
+            return await set_status(
+                tx,
+                Status.COMPLETED,
+                None,
+                now,
+                next_poll_at=None,
+                provider_transaction_id=observation.provider_transaction_id
+                or tx.provider_transaction_id,
+            )
+        if tx.poll_seq != poll_seq:
+            return None
+        tx.late_checks += 1
+        await Transaction.filter(id=tx_id).update(late_checks=tx.late_checks, next_poll_at=None)
+        await _schedule_late_check(tx, plan, now)
+        return None
+
+
+async def apply_observation(
+    tx_id: uuid.UUID, observation: Observation, *, found_reference: bool
+) -> Event | None:
+    """What verify() learned: a final status for a PENDING transaction, or a late success for
+    a FAILED collection. Anything else changes nothing (the poll chain goes on as it was)."""
+    async with in_transaction():
+        tx = await lock(tx_id)
+        if tx is None:
+            return None
+        now = utcnow()
+        if tx.status is Status.PENDING and observation.status is not Status.PENDING:
+            changes: dict[str, Any] = {"next_poll_at": None}
+            if found_reference and tx.initiation in (Initiation.SENDING, Initiation.UNKNOWN):
+                changes.update(initiation=Initiation.SENT, send_lease_until=None)
+            if observation.provider_transaction_id:
+                changes["provider_transaction_id"] = observation.provider_transaction_id
+            return await set_status(tx, observation.status, observation.reason, now, **changes)
+        if (
+            tx.status is Status.FAILED
+            and tx.type is TransactionType.COLLECTION
+            and observation.status is Status.COMPLETED
+        ):
+            return await set_status(tx, Status.COMPLETED, None, now, next_poll_at=None)
         return None
 
 

@@ -12,13 +12,19 @@ from kunpay_worker.providers.base import Lookup, ProviderStatus
 
 __all__ = [
     "STATUS_MAP",
+    "AccountHolderActive",
+    "BalanceBody",
     "ErrorBody",
     "Party",
+    "Refund",
     "RequestToPay",
     "RequestToPayStatus",
     "TokenResponse",
+    "Transfer",
     "lookup_from_status",
+    "refund_body",
     "request_to_pay_body",
+    "transfer_body",
 ]
 
 # Every status MTN documents or its sandbox returns, and what it means for us.
@@ -66,17 +72,47 @@ class RequestToPay(_MtnModel):
     payeeNote: str = Field(min_length=1)
 
 
+class Transfer(_MtnModel):
+    amount: str
+    currency: str
+    externalId: str
+    payee: Party
+    payerMessage: str = Field(min_length=1)
+    payeeNote: str = Field(min_length=1)
+
+
+class Refund(_MtnModel):
+    amount: str
+    currency: str
+    externalId: str
+    payerMessage: str = Field(min_length=1)
+    payeeNote: str = Field(min_length=1)
+    referenceIdToRefund: str
+
+
+class BalanceBody(_MtnModel):
+    availableBalance: str
+    currency: str
+
+
+class AccountHolderActive(_MtnModel):
+    result: bool
+
+
 class ErrorReason(_MtnModel):
     code: str | None = None
     message: str | None = None
 
 
 class RequestToPayStatus(_MtnModel):
+    """The status body of a request to pay, a transfer or a refund (payer or payee)."""
+
     amount: str | None = None
     currency: str | None = None
     financialTransactionId: str | None = None
     externalId: str | None = None
     payer: Party | None = None
+    payee: Party | None = None
     status: str
     reason: str | ErrorReason | None = None
 
@@ -97,6 +133,34 @@ def request_to_pay_body(
         payer=Party(partyIdType="MSISDN", partyId=msisdn),
         payerMessage=text,
         payeeNote=text,
+    )
+
+
+def transfer_body(
+    *, amount: Decimal, currency: str, msisdn: str, external_id: str, message: str
+) -> Transfer:
+    text = message[:160] or "Payment"
+    return Transfer(
+        amount=format_amount(amount, currency),
+        currency=currency,
+        externalId=external_id,
+        payee=Party(partyIdType="MSISDN", partyId=msisdn),
+        payerMessage=text,
+        payeeNote=text,
+    )
+
+
+def refund_body(
+    *, amount: Decimal, currency: str, external_id: str, message: str, original_reference: str
+) -> Refund:
+    text = message[:160] or "Refund"
+    return Refund(
+        amount=format_amount(amount, currency),
+        currency=currency,
+        externalId=external_id,
+        payerMessage=text,
+        payeeNote=text,
+        referenceIdToRefund=original_reference,
     )
 
 

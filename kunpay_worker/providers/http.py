@@ -1,0 +1,181 @@
+"""The one place provider HTTP happens: explicit timeouts, aiohttp errors translated, every
+exchange recorded (masked) for the provider_attempts table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from kunpay_worker.providers.base import AttemptRecord, AttemptRecorder, mask_payload, mask_text
+from kunpay_worker.providers.errors import ProviderNotReached, ProviderUnavailable
+
+__all__ = ["HttpResponse", "ProviderHttp", "TokenCache", "retry_after"]
+
+MAX_BODY_LOGGED = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+
+    def json(self) -> Any:
+        """The body as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+class ProviderHttp:
+    """Requests to one provider over the worker's shared session."""
+
+    def __init__(
+        self,
+        provider: str,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        timeout: aiohttp.ClientTimeout,
+        recorder: AttemptRecorder | None,
+    ) -> None:
+        if timeout.total is None:
+            raise ValueError("provider calls need a total timeout")
+        self.provider = provider
+        self.base_url = base_url.rstrip("/")
+        self._session = session
+        self._timeout = timeout
+        self._recorder = recorder
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        transaction_id: str | None,
+        headers: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        form: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        raw_body: bytes | None = None,
+        sends_money: bool = False,
+    ) -> HttpResponse:
+        """One HTTP exchange. Raises ProviderNotReached when the connection could not be made
+        (nothing was sent), ProviderUnavailable for anything after that (timeout, reset)."""
+        url = path if path.startswith("http") else self.base_url + path
+        started = time.perf_counter()
+        status: int | None = None
+        raw: bytes | None = None
+        error: str | None = None
+        try:
+            async with self._session.request(
+                method,
+                url,
+                headers=dict(headers or {}),
+                json=json_body if raw_body is None and form is None else None,
+                data=raw_body if raw_body is not None else form,
+                params=params,
+                timeout=self._timeout,
+            ) as resp:
+                status = resp.status
+                raw = await resp.read()
+                return HttpResponse(status, raw, resp.headers)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise ProviderNotReached(
+                f"could not connect to {self.provider} ({error})", provider=self.provider
+            ) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            what = "outcome unknown" if sends_money else "no answer"
+            raise ProviderUnavailable(
+                f"{self.provider} call failed, {what} ({error})", provider=self.provider
+            ) from exc
+        finally:
+            if self._recorder is not None:
+                logged: Any = json_body
+                if form is not None:
+                    logged = dict(form)
+                elif raw_body is not None:
+                    logged = _parsed(raw_body)
+                await self._recorder(
+                    AttemptRecord(
+                        backend=self.provider,
+                        operation=operation,
+                        method=method,
+                        url=url.removeprefix(self.base_url),
+                        transaction_id=transaction_id,
+                        request_body=mask_payload(logged) if logged is not None else None,
+                        response_status=status,
+                        response_body=_masked_text(raw),
+                        error=error,
+                        duration_ms=round((time.perf_counter() - started) * 1000),
+                    )
+                )
+
+
+class TokenCache:
+    """One OAuth-style token: reused until shortly before expiry, one refresh at a time.
+
+    ``fetch`` returns (token, lifetime in seconds); the cache subtracts ``margin``.
+    """
+
+    def __init__(self, *, margin: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._margin = margin
+        self._clock = clock
+        self._token: str | None = None
+        self._expires_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def get(self, fetch: Callable[[], Awaitable[tuple[str, float]]]) -> str:
+        if self._token is not None and self._expires_at > self._clock():
+            return self._token
+        async with self._lock:
+            if self._token is not None and self._expires_at > self._clock():
+                return self._token  # another task refreshed it while we waited
+            token, lifetime = await fetch()
+            self._token = token
+            self._expires_at = self._clock() + max(lifetime - self._margin, 0.0)
+            return token
+
+    def invalidate(self, token: str) -> None:
+        """Drop ``token`` (answered 401), unless a newer one already replaced it."""
+        if self._token == token:
+            self._token = None
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from a Retry-After header; None when absent or an HTTP date."""
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds = int(value.strip())
+    except ValueError:
+        return None
+    return max(seconds, 0)
+
+
+def _parsed(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw[:MAX_BODY_LOGGED].decode("utf-8", "replace")
+
+
+def _masked_text(raw: bytes | None) -> str | None:
+    if not raw:
+        return None
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return mask_text(raw[:MAX_BODY_LOGGED].decode("utf-8", "replace"))
+    return mask_text(json.dumps(mask_payload(parsed)))[:MAX_BODY_LOGGED]
