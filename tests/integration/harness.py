@@ -59,6 +59,10 @@ WORKER_ENV = {
     "KUNPAY_MTN_MOMO__COLLECTION__SUBSCRIPTION_KEY": "test-subscription-key",
     "KUNPAY_MTN_MOMO__COLLECTION__API_USER": "8f2c9a51-0d3e-4e21-9b7a-2c5d6e7f8a90",
     "KUNPAY_MTN_MOMO__COLLECTION__API_KEY": "test-api-key",
+    "KUNPAY_MTN_MOMO__DISBURSEMENT__SUBSCRIPTION_KEY": "test-disbursement-key",
+    "KUNPAY_MTN_MOMO__DISBURSEMENT__API_USER": "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f",
+    "KUNPAY_MTN_MOMO__DISBURSEMENT__API_KEY": "test-disbursement-api-key",
+    "KUNPAY_POLL__LATE_DELAYS": "[0.8, 1.6]",
 }
 
 

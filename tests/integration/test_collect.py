@@ -70,7 +70,7 @@ async def test_a_collection_is_initiated_then_succeeds(
     assert uuid.UUID(tx.provider_reference) != accepted.transaction_id
     assert tx.provider_transaction_id
     assert tx.idempotency_key == accepted.idempotency_key
-    assert stack.mtn.request_to_pay[tx.provider_reference] == 1
+    assert stack.mtn.initiations[tx.provider_reference] == 1
 
     # The same transaction through get(), and wait() agrees with the events.
     current = await client.get(accepted.transaction_id)
@@ -150,7 +150,7 @@ async def assert_charged_once(
     tx = await client.get(transaction_id)
     assert tx.status is Status.COMPLETED
     assert tx.provider_reference is not None
-    assert stack.mtn.request_to_pay[tx.provider_reference] == 1
+    assert stack.mtn.initiations[tx.provider_reference] == 1
     rows = await stack.db.fetch("SELECT id FROM transactions WHERE id = $1", str(transaction_id))
     assert len(rows) == 1
     types = [e.type for e in events.of(transaction_id)]
@@ -226,8 +226,8 @@ async def test_a_send_with_a_server_error_is_looked_up_and_resent_once(
     assert outcome.type is EventType.SUCCEEDED
     assert outcome.transaction is not None
     assert outcome.transaction.provider_reference is not None
-    assert stack.mtn.request_to_pay[outcome.transaction.provider_reference] == 2
-    assert list(stack.mtn.payments).count(outcome.transaction.provider_reference) == 1
+    assert stack.mtn.requests[outcome.transaction.provider_reference] == 2
+    assert stack.mtn.initiations[outcome.transaction.provider_reference] == 1
 
 
 async def test_an_accepted_send_answered_500_is_not_sent_again(
@@ -239,7 +239,7 @@ async def test_an_accepted_send_answered_500_is_not_sent_again(
     assert outcome.type is EventType.SUCCEEDED
     assert outcome.transaction is not None
     assert outcome.transaction.provider_reference is not None
-    assert stack.mtn.request_to_pay[outcome.transaction.provider_reference] == 1
+    assert stack.mtn.initiations[outcome.transaction.provider_reference] == 1
 
 
 async def test_many_concurrent_collections_all_complete(client: KunPayClient) -> None:

@@ -41,7 +41,7 @@ async def test_a_worker_killed_while_the_provider_holds_the_reply_charges_once(
             assert outcome.transaction.status is Status.COMPLETED
             reference = outcome.transaction.provider_reference
             assert reference is not None
-            assert stack.mtn.request_to_pay[reference] == 1  # exactly one request to pay
+            assert stack.mtn.requests[reference] == 1  # exactly one request to pay
             # The replacement got the unacked command back and did not send it again.
             record = await second.wait_log(
                 lambda r: (

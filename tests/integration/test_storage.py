@@ -14,10 +14,18 @@ import pytest
 from tortoise import Tortoise
 from tortoise.backends.base.executor import EXECUTOR_CACHE
 
-from kunpay_sdk.contracts import CollectCommand, Status, transaction_id_for, validate_collect
+from kunpay_sdk.contracts import (
+    CollectCommand,
+    Status,
+    TransactionType,
+    command_fingerprint,
+    transaction_id_for,
+    validate_payment,
+)
 from kunpay_worker.settings import Settings
 from kunpay_worker.storage import db
 from kunpay_worker.storage import repository as repo
+from kunpay_worker.storage.intake import Intake, NewTransaction, take_in_payment
 from kunpay_worker.storage.models import (
     InboxCommand,
     Initiation,
@@ -64,8 +72,8 @@ def command(key: str | None = None, amount: str = "5000") -> CollectCommand:
     )
 
 
-async def take_in(cmd: CollectCommand) -> repo.Intake:
-    fields = validate_collect(
+async def take_in(cmd: CollectCommand) -> Intake:
+    fields = validate_payment(
         provider=cmd.provider,
         amount=cmd.amount,
         currency=cmd.currency,
@@ -73,9 +81,18 @@ async def take_in(cmd: CollectCommand) -> repo.Intake:
         order_id=cmd.order_id,
         user_id=cmd.user_id,
     )
-    return await repo.take_in_collect(
-        cmd, app="shop", fields=fields, rejection=None, backend="MTN_MOMO", plan=PLAN
+    new = NewTransaction(
+        type=TransactionType.COLLECTION,
+        provider=fields.provider,
+        backend="MTN_MOMO",
+        amount=fields.amount,
+        currency=fields.currency,
+        phone_number=fields.phone_number,
+        order_id=fields.order_id,
+        user_id=fields.user_id,
     )
+    fingerprint = command_fingerprint(cmd.operation, fields.model_dump())
+    return await take_in_payment(cmd, app="shop", new=new, fingerprint=fingerprint, plan=PLAN)
 
 
 async def new_tx() -> Transaction:

@@ -96,7 +96,8 @@ async def test_a_reused_reference_is_409_and_counted(client: TestClient[Any, Any
     second = await client.post("/collection/v1_0/requesttopay", json=rtp_body(), headers=headers)
     assert (first.status, second.status) == (202, 409)
     counts = await (await client.get("/_sandbox/mtn/requests")).json()
-    assert counts["request_to_pay"][headers["X-Reference-Id"]] == 2
+    assert counts["requests"][headers["X-Reference-Id"]] == 2
+    assert counts["initiations"][headers["X-Reference-Id"]] == 1
 
 
 @pytest.mark.parametrize(
@@ -189,21 +190,27 @@ async def test_revoked_tokens_are_refused(client: TestClient[Any, Any]) -> None:
 KEYWORDS = {
     Behaviour.SUCCEED: "succeeds",
     Behaviour.PENDING: "PENDING",
+    Behaviour.LATE_SUCCESS: "late-seconds",
     Behaviour.ERROR_ONCE: "500",
     Behaviour.ERROR_AFTER_ACCEPT: "500",
     Behaviour.ERROR_ALWAYS: "500",
+    Behaviour.THROTTLE_ONCE: "429",
     Behaviour.HOLD: "held",
     Behaviour.SLOW: "slow-seconds",
+    Behaviour.INACTIVE: "inactive",
+    Behaviour.REFUND_FAILS: "refunds",
 }
 
 
 def test_the_readme_lists_every_magic_number() -> None:
     text = README.read_text()
     for number, scenario in MAGIC_NUMBERS.items():
-        row = re.search(rf"^\|\s*`{number}`\s*\|(.+)$", text, re.MULTILINE)
+        row = re.search(
+            rf"^\|\s*`6700000{number}`, `6900000{number}`\s*\|(.+)$", text, re.MULTILINE
+        )
         assert row, f"README has no row for magic number {number}"
         expected = (
-            scenario.reason
+            scenario.failure
             if scenario.behaviour is Behaviour.FAIL
             else KEYWORDS[scenario.behaviour]
         )
