@@ -25,6 +25,15 @@ app = typer.Typer(
     add_completion=False,
 )
 err = Console(stderr=True)
+
+
+def _payment_types() -> typer.Typer:
+    from kunpay_worker.payment_types import app as payment_types
+
+    return payment_types
+
+
+app.add_typer(_payment_types(), name="payment-types")
 log = structlog.get_logger("kunpay.cli")
 
 

@@ -41,7 +41,8 @@ class FeeSchedule:
                 raise FeeError(f"{name} cannot be negative")
         if self.percentage >= HUNDRED:
             raise FeeError(
-                f"percentage fees sum to {self.percentage}%: with 100% or more nothing is left "
+                f"percentage fees sum to {self.percentage.normalize():f}%: with 100% or more "
+                "nothing is left "
                 "for the merchant"
             )
 
