@@ -245,7 +245,11 @@ class Stack:
         db = await Database.create(kind, tmp)
         vhost, url = await create_vhost()
         stack = cls(db, vhost, url)
-        app = build_app(SandboxConfig(settle_seconds=settle_seconds, slow_seconds=30))
+        app = build_app(
+            SandboxConfig(
+                settle_seconds=settle_seconds, slow_seconds=30, late_seconds=1.0, balance="1000000"
+            )
+        )
         stack.mtn = app[MTN_KEY]
         stack._runner = web.AppRunner(app, access_log=None)
         await stack._runner.setup()
@@ -282,6 +286,10 @@ class Stack:
         self.workers.append(worker)
         await worker.wait_log(lambda r: r.get("event") == "worker ready", WORKER_START_TIMEOUT)
         return worker
+
+    async def cli(self, *args: str) -> str:
+        """Run ``kunpay-worker`` against this stack (its database and broker)."""
+        return await run(sys.executable, "-m", "kunpay_worker.cli", *args, env=self.env)
 
     async def client(self) -> KunPayClient:
         return await KunPayClient.connect(self.amqp_url)

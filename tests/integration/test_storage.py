@@ -258,3 +258,75 @@ async def test_an_overdue_check_is_replaced() -> None:
     before = (await Transaction.get(id=tx.id)).poll_seq
     assert await repo.schedule_poll(tx.id, 0.4, PLAN, unless_due_sooner=True)
     assert (await Transaction.get(id=tx.id)).poll_seq == before + 1
+
+
+async def retry(original: uuid.UUID, key: str) -> Intake:
+    from kunpay_sdk.contracts import RetryCommand
+    from kunpay_worker.storage.intake import take_in_retry
+
+    command = RetryCommand(
+        command_id=uuid.uuid4(),
+        transaction_id=transaction_id_for("shop", "retry", key),
+        idempotency_key=key,
+        original_transaction_id=original,
+        issued_at=datetime.now(UTC),
+    )
+    return await take_in_retry(
+        command, app="shop", rejection=lambda _o: None, send_wait=lambda _o: 0.0, plan=PLAN
+    )
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_retry_is_refused_while_an_attempt_is_pending_or_completed() -> None:
+    original = await new_tx()
+    await Transaction.filter(id=original.id).update(status=Status.FAILED)
+    first = (await retry(original.id, "r1")).transaction
+    assert first is not None
+    assert (first.status, first.original_id, first.attempt_root) == (  # type: ignore[attr-defined]
+        Status.PENDING,
+        original.id,
+        original.id,
+    )
+    assert first.provider_reference != original.provider_reference
+
+    pending = (await retry(original.id, "r2")).transaction
+    assert pending is not None
+    assert pending.status is Status.REJECTED
+    assert f"attempt {first.id} of this payment is PENDING" in (pending.failure_reason or "")
+
+    await Transaction.filter(id=first.id).update(status=Status.COMPLETED)
+    completed = (await retry(original.id, "r3")).transaction
+    assert completed is not None
+    assert "is COMPLETED" in (completed.failure_reason or "")
+
+    await Transaction.filter(id=first.id).update(status=Status.FAILED)
+    again = (await retry(first.id, "r4")).transaction  # retry the retry
+    assert again is not None
+    assert again.status is Status.PENDING
+    assert again.attempt_root == original.id
+
+
+@pytest.mark.usefixtures("database")
+async def test_two_racing_refunds_reserve_no_more_than_was_paid() -> None:
+    from kunpay_sdk.contracts import RefundCommand
+    from kunpay_worker.storage.intake import RefundSupport, take_in_refund
+
+    original = await new_tx()
+    await Transaction.filter(id=original.id).update(status=Status.COMPLETED)
+    support = RefundSupport(rejection=lambda _b: None, partial=lambda _b: True)
+
+    async def refund(key: str) -> Intake:
+        command = RefundCommand(
+            command_id=uuid.uuid4(),
+            transaction_id=transaction_id_for("shop", "refund", key),
+            idempotency_key=key,
+            original_transaction_id=original.id,
+            amount=Decimal("3000"),
+            issued_at=datetime.now(UTC),
+        )
+        return await take_in_refund(command, app="shop", support=support, plan=PLAN)
+
+    results = await asyncio.gather(*(refund(f"k{i}") for i in range(5)))
+    statuses = sorted(str(r.transaction.status) for r in results if r.transaction)
+    assert statuses == ["PENDING", "REJECTED", "REJECTED", "REJECTED", "REJECTED"]
+    assert (await Transaction.get(id=original.id)).amount_reserved == Decimal("3000")
