@@ -17,7 +17,8 @@ async def handle(command: RefundCommand, app: str, engine: Engine, settings: Set
     support = RefundSupport(
         rejection=lambda backend: backend_rejection(settings, backend, Capability.REFUND),
         partial=lambda backend: (
-            backend in BACKENDS and Capability.PARTIAL_REFUND in BACKENDS[backend].capabilities
+            backend in BACKENDS
+            and Capability.PARTIAL_REFUND in BACKENDS[backend].available(settings)
         ),
     )
     intake = await take_in_refund(command, app=app, support=support, plan=engine.plan)

@@ -136,7 +136,7 @@ class Answers:
         backend = self.settings.providers.get(provider)
         if backend is None or backend not in self.engine.backends:
             return "", _error("unsupported", f"provider key {provider} is not configured")
-        if capability not in BACKENDS[backend].capabilities:
+        if capability not in BACKENDS[backend].available(self.settings):
             return "", _error("unsupported", f"{provider} ({backend}) cannot tell {capability}")
         return backend, None
 

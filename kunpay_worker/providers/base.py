@@ -188,6 +188,11 @@ class Backend(Protocol):
         """The currencies this backend accepts in the configured environment."""
         ...
 
+    @classmethod
+    def available(cls, settings: Settings) -> frozenset[Capability]:
+        """What it can do with these settings (capabilities whose credentials are set)."""
+        ...
+
     async def prepare(self, request: MoneyRequest) -> str:
         """Get the provider's lookup key for a request before sending it (needs_prepare)."""
         ...
@@ -212,6 +217,10 @@ class BackendBase:
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     operators: ClassVar[frozenset[str]] = frozenset()
     needs_prepare: ClassVar[bool] = False
+
+    @classmethod
+    def available(cls, settings: Settings) -> frozenset[Capability]:
+        return cls.capabilities
 
     async def prepare(self, request: MoneyRequest) -> str:
         raise NotImplementedError(f"{self.name} has no prepare step")

@@ -52,7 +52,7 @@ def _keys_that_can(settings: Settings, capability: Capability) -> str:
     able = sorted(
         key
         for key, name in settings.providers.items()
-        if name in BACKENDS and capability in BACKENDS[name].capabilities
+        if name in BACKENDS and capability in BACKENDS[name].available(settings)
     )
     return ", ".join(able) or "none configured"
 
@@ -64,9 +64,9 @@ def backend_rejection(
     None. For refunds and retries, which go through the original payment's backend."""
     if backend is None or backend not in BACKENDS or backend not in settings.enabled_backends():
         return f"UNSUPPORTED: backend {backend} is not configured on this worker"
-    if capability not in BACKENDS[backend].capabilities:
+    if capability not in BACKENDS[backend].available(settings):
         return (
-            f"UNSUPPORTED: {backend} cannot {capability}; provider keys that can: "
+            f"UNSUPPORTED: {backend} cannot {capability} here; provider keys that can: "
             f"{_keys_that_can(settings, capability)}"
         )
     return None
@@ -85,10 +85,10 @@ def rejection_for(
             f"(configured: {configured})"
         )
     cls = BACKENDS[backend]
-    if capability not in cls.capabilities:
+    if capability not in cls.available(settings):
         return (
-            f"UNSUPPORTED: {provider} ({backend}) cannot {capability}; provider keys that can: "
-            f"{_keys_that_can(settings, capability)}"
+            f"UNSUPPORTED: {provider} ({backend}) cannot {capability} here; "
+            f"provider keys that can: {_keys_that_can(settings, capability)}"
         )
     if operator and operator not in cls.operators:
         return f"UNSUPPORTED: {provider} ({backend}) does not reach {operator} numbers"

@@ -119,15 +119,35 @@ class MtnMomoClient(BackendBase):
 
     @classmethod
     def configuration_problems(cls, settings: Settings) -> list[str]:
-        problems = []
-        for product in ("collection", "disbursement"):
-            missing = getattr(settings.mtn_momo, product).missing()
-            if missing:
-                names = ", ".join(
-                    f"KUNPAY_MTN_MOMO__{product.upper()}__{m.upper()}" for m in missing
-                )
-                problems.append(f"MTN_MOMO {product} credentials missing: {names}")
-        return problems
+        """Collections need the collection product; payouts, refunds and the balance the
+        disbursement product. Either is enough to start; what is missing is rejected."""
+        products = [getattr(settings.mtn_momo, p) for p in ("collection", "disbursement")]
+        if all(product.missing() for product in products):
+            names = ", ".join(
+                f"KUNPAY_MTN_MOMO__{p.upper()}__{m.upper()}"
+                for p in ("collection", "disbursement")
+                for m in ("subscription_key", "api_user", "api_key")
+            )
+            return [
+                f"MTN_MOMO credentials missing: set the collection or disbursement ones ({names})"
+            ]
+        return []
+
+    @classmethod
+    def available(cls, settings: Settings) -> frozenset[Capability]:
+        available = set(cls.capabilities)
+        if settings.mtn_momo.collection.missing():
+            available -= {Capability.COLLECT}
+        if settings.mtn_momo.disbursement.missing():
+            available -= {
+                Capability.DISBURSE,
+                Capability.REFUND,
+                Capability.PARTIAL_REFUND,
+                Capability.BALANCE,
+            }
+        if settings.mtn_momo.collection.missing() and settings.mtn_momo.disbursement.missing():
+            available -= {Capability.ACCOUNT_CHECK}
+        return frozenset(available)
 
     @classmethod
     def currencies(cls, settings: Settings) -> list[str]:
