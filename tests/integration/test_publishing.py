@@ -68,6 +68,32 @@ async def test_invalid_input_raises_a_clear_value_error_and_publishes_nothing(
         assert await queued_commands(own_stack) == 1
 
 
+async def test_invalid_payouts_refunds_retries_and_requests_publish_nothing(
+    own_stack: Stack,
+) -> None:
+    async with await own_stack.client() as client:
+        with pytest.raises(InvalidAmount):
+            await client.disburse(**{**GOOD, "amount": 10.0})
+        with pytest.raises(UnsupportedOperator):
+            await client.disburse(**{**GOOD, "phone_number": "690000000"})
+        for amount in (Decimal("0"), Decimal("-5"), 12.5, Decimal("NaN")):
+            with pytest.raises(InvalidAmount):
+                await client.refund(uuid.uuid4(), amount)  # type: ignore[arg-type]
+        with pytest.raises(InvalidField, match="UUID"):
+            await client.refund("not-a-uuid", None)  # type: ignore[arg-type]
+        with pytest.raises(InvalidField, match="UUID"):
+            await client.retry("42")  # type: ignore[arg-type]
+        with pytest.raises(InvalidField):
+            await client.retry(uuid.uuid4(), idempotency_key="")
+        with pytest.raises(UnknownProvider):
+            await client.balance("MTN")
+        with pytest.raises(InvalidPhoneNumber):
+            await client.account_holder("MTN_CAMEROON", "12")
+        with pytest.raises(InvalidAmount):
+            await client.quote("mtn", Decimal("-1"))
+        assert await queued_commands(own_stack) == 0
+
+
 async def test_connecting_before_the_topology_exists_says_so() -> None:
     name, url = await create_vhost()
     try:
