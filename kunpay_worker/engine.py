@@ -152,8 +152,7 @@ class Engine:
         if tx.provider_reference is None:
             raise RuntimeError(f"transaction {tx.id} has no provider reference")
         original = await repo.load(tx.original_id) if tx.type is TransactionType.REFUND else None  # type: ignore[attr-defined]
-        settings = self.settings.mtn_momo
-        message = f"{settings.payer_message} {tx.order_id}"[:160]
+        message = f"{self.settings.payment_message} {tx.order_id}"[:160]
         return MoneyRequest(
             kind=tx.type,
             transaction_id=str(tx.id),

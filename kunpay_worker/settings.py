@@ -59,8 +59,6 @@ class MtnMomoSettings(BaseModel):
     check_account_holder: bool = True
     # Refresh a token this long before MTN says it expires.
     token_refresh_margin: float = 60.0
-    # payerMessage / payeeNote must not be empty (MTN has answered 500 to empty ones).
-    payer_message: str = "Payment"
 
     _currencies = field_validator("currencies")(_known_currencies)
 
@@ -176,6 +174,9 @@ class Settings(BaseSettings):
     outbox_lease: float = Field(15.0, gt=0)
     # Seconds to finish in-flight messages on SIGTERM.
     shutdown_grace: float = Field(20.0, ge=0)
+    # Shown to the payer or payee with the order id (MTN payerMessage/payeeNote, Orange
+    # description); never empty (MTN has answered 500 to empty texts).
+    payment_message: str = Field("Payment", min_length=1, max_length=100)
     # Base of the callback URLs sent to providers; no callbacks requested when unset.
     public_base_url: str | None = None
     log_format: Literal["auto", "json", "console"] = "auto"
