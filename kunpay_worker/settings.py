@@ -108,6 +108,9 @@ class OrangeMpSettings(BaseModel):
     # Orange may refuse a repeat debit of the same number and amount within a short window:
     # a retry of a failed Orange collection waits this long after the failure before sending.
     retry_wait: float = 120.0
+    # Some Orange set-ups limit orderId (one client says 20 characters, no '-'): then the
+    # reference is shortened to fit. Unset: the full uuid4 is sent.
+    order_id_max_length: int | None = Field(None, ge=8)
 
     _currencies = field_validator("currencies")(_known_currencies)
 

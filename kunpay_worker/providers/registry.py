@@ -6,6 +6,7 @@ import aiohttp
 
 from kunpay_worker.providers.base import AttemptRecorder, Backend, Capability
 from kunpay_worker.providers.mtn_momo.client import MtnMomoClient
+from kunpay_worker.providers.orange_mp.client import OrangeMpClient
 from kunpay_worker.settings import Settings
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
 # The implemented backends; settings may name others (PROVIDERS.md), which start-up refuses.
 BACKENDS: dict[str, type[Backend]] = {
     MtnMomoClient.name: MtnMomoClient,
+    OrangeMpClient.name: OrangeMpClient,
 }
 
 

@@ -6,10 +6,12 @@ from aiohttp import web
 
 from kunpay_worker.sandbox.common import SandboxConfig, Simulator
 from kunpay_worker.sandbox.mtn_momo import MtnSandbox
+from kunpay_worker.sandbox.orange_mp import OrangeMpSandbox
 
-__all__ = ["MTN_KEY", "SIMULATORS_KEY", "SandboxConfig", "build_app"]
+__all__ = ["MTN_KEY", "ORANGE_KEY", "SIMULATORS_KEY", "SandboxConfig", "build_app"]
 
 MTN_KEY = web.AppKey("mtn", MtnSandbox)
+ORANGE_KEY = web.AppKey("orange", OrangeMpSandbox)
 SIMULATORS_KEY = web.AppKey("simulators", dict[str, Simulator])
 
 
@@ -19,6 +21,9 @@ def build_app(config: SandboxConfig) -> web.Application:
     mtn = MtnSandbox(config)
     simulators[mtn.name] = mtn
     app[MTN_KEY] = mtn
+    orange = OrangeMpSandbox(config)
+    simulators[orange.name] = orange
+    app[ORANGE_KEY] = orange
     app[SIMULATORS_KEY] = simulators
 
     async def health(_request: web.Request) -> web.Response:
@@ -39,6 +44,7 @@ def build_app(config: SandboxConfig) -> web.Application:
             web.get("/_sandbox/requests", counts),
             web.post("/_sandbox/release", release),
             *mtn.routes(),
+            *orange.routes(),
         ]
     )
 

@@ -1,0 +1,1 @@
+"""Orange Money Cameroon merchant payment ("mp") API: init → payToken, pay, payment status."""
