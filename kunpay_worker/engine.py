@@ -56,6 +56,7 @@ def _observation(lookup: Lookup) -> repo.Observation | None:
         status=_OBSERVED[lookup.status],
         reason=lookup.reason,
         provider_transaction_id=lookup.provider_transaction_id,
+        handle=lookup.handle,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from kunpay_worker.providers.base import AttemptRecorder, Backend, Capability
+from kunpay_worker.providers.flutterwave.client import FlutterwaveClient
 from kunpay_worker.providers.mtn_momo.client import MtnMomoClient
 from kunpay_worker.providers.orange_mp.client import OrangeMpClient
 from kunpay_worker.settings import Settings
@@ -20,6 +21,7 @@ __all__ = [
 # The implemented backends; settings may name others (PROVIDERS.md), which start-up refuses.
 BACKENDS: dict[str, type[Backend]] = {
     MtnMomoClient.name: MtnMomoClient,
+    FlutterwaveClient.name: FlutterwaveClient,
     OrangeMpClient.name: OrangeMpClient,
 }
 

@@ -5,13 +5,22 @@ from __future__ import annotations
 from aiohttp import web
 
 from kunpay_worker.sandbox.common import SandboxConfig, Simulator
+from kunpay_worker.sandbox.flutterwave import FlutterwaveSandbox
 from kunpay_worker.sandbox.mtn_momo import MtnSandbox
 from kunpay_worker.sandbox.orange_mp import OrangeMpSandbox
 
-__all__ = ["MTN_KEY", "ORANGE_KEY", "SIMULATORS_KEY", "SandboxConfig", "build_app"]
+__all__ = [
+    "FLUTTERWAVE_KEY",
+    "MTN_KEY",
+    "ORANGE_KEY",
+    "SIMULATORS_KEY",
+    "SandboxConfig",
+    "build_app",
+]
 
 MTN_KEY = web.AppKey("mtn", MtnSandbox)
 ORANGE_KEY = web.AppKey("orange", OrangeMpSandbox)
+FLUTTERWAVE_KEY = web.AppKey("flutterwave", FlutterwaveSandbox)
 SIMULATORS_KEY = web.AppKey("simulators", dict[str, Simulator])
 
 
@@ -24,6 +33,9 @@ def build_app(config: SandboxConfig) -> web.Application:
     orange = OrangeMpSandbox(config)
     simulators[orange.name] = orange
     app[ORANGE_KEY] = orange
+    flutterwave = FlutterwaveSandbox(config)
+    simulators[flutterwave.name] = flutterwave
+    app[FLUTTERWAVE_KEY] = flutterwave
     app[SIMULATORS_KEY] = simulators
 
     async def health(_request: web.Request) -> web.Response:
@@ -45,6 +57,7 @@ def build_app(config: SandboxConfig) -> web.Application:
             web.post("/_sandbox/release", release),
             *mtn.routes(),
             *orange.routes(),
+            *flutterwave.routes(),
         ]
     )
 

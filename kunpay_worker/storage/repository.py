@@ -476,6 +476,8 @@ class Observation:
     status: Status  # PENDING, COMPLETED or FAILED
     reason: str | None
     provider_transaction_id: str | None
+    # A provider id learned from the lookup (Flutterwave's charge id after an unknown send).
+    handle: str | None = None
 
 
 async def record_check(
@@ -508,6 +510,8 @@ async def record_check(
             changes.update(initiation=Initiation.SENT, send_lease_until=None)
         if observation and observation.provider_transaction_id:
             changes["provider_transaction_id"] = observation.provider_transaction_id
+        if observation and observation.handle and tx.provider_handle is None:
+            changes["provider_handle"] = observation.handle
         if observation is not None and final:
             changes["next_poll_at"] = None
             event = await set_status(tx, observation.status, observation.reason, now, **changes)
@@ -582,6 +586,8 @@ async def apply_observation(
                 changes.update(initiation=Initiation.SENT, send_lease_until=None)
             if observation.provider_transaction_id:
                 changes["provider_transaction_id"] = observation.provider_transaction_id
+            if observation.handle and tx.provider_handle is None:
+                changes["provider_handle"] = observation.handle
             return await set_status(tx, observation.status, observation.reason, now, **changes)
         if (
             tx.status is Status.FAILED

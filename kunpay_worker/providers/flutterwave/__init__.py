@@ -1,0 +1,1 @@
+"""Flutterwave v3 (francophone mobile money collections, refunds)."""
