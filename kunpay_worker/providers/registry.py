@@ -8,6 +8,7 @@ from kunpay_worker.providers.base import AttemptRecorder, Backend, Capability
 from kunpay_worker.providers.flutterwave.client import FlutterwaveClient
 from kunpay_worker.providers.mtn_momo.client import MtnMomoClient
 from kunpay_worker.providers.orange_mp.client import OrangeMpClient
+from kunpay_worker.providers.pawapay.client import PawapayClient
 from kunpay_worker.settings import Settings
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
 # The implemented backends; settings may name others (PROVIDERS.md), which start-up refuses.
 BACKENDS: dict[str, type[Backend]] = {
     MtnMomoClient.name: MtnMomoClient,
+    PawapayClient.name: PawapayClient,
     FlutterwaveClient.name: FlutterwaveClient,
     OrangeMpClient.name: OrangeMpClient,
 }

@@ -8,6 +8,7 @@ from kunpay_worker.sandbox.common import SandboxConfig, Simulator
 from kunpay_worker.sandbox.flutterwave import FlutterwaveSandbox
 from kunpay_worker.sandbox.mtn_momo import MtnSandbox
 from kunpay_worker.sandbox.orange_mp import OrangeMpSandbox
+from kunpay_worker.sandbox.pawapay import PawapaySandbox
 
 __all__ = [
     "FLUTTERWAVE_KEY",
@@ -21,6 +22,7 @@ __all__ = [
 MTN_KEY = web.AppKey("mtn", MtnSandbox)
 ORANGE_KEY = web.AppKey("orange", OrangeMpSandbox)
 FLUTTERWAVE_KEY = web.AppKey("flutterwave", FlutterwaveSandbox)
+PAWAPAY_KEY = web.AppKey("pawapay", PawapaySandbox)
 SIMULATORS_KEY = web.AppKey("simulators", dict[str, Simulator])
 
 
@@ -36,6 +38,9 @@ def build_app(config: SandboxConfig) -> web.Application:
     flutterwave = FlutterwaveSandbox(config)
     simulators[flutterwave.name] = flutterwave
     app[FLUTTERWAVE_KEY] = flutterwave
+    pawapay = PawapaySandbox(config, api_token=config.pawapay_api_token)
+    simulators[pawapay.name] = pawapay
+    app[PAWAPAY_KEY] = pawapay
     app[SIMULATORS_KEY] = simulators
 
     async def health(_request: web.Request) -> web.Response:
@@ -58,6 +63,7 @@ def build_app(config: SandboxConfig) -> web.Application:
             *mtn.routes(),
             *orange.routes(),
             *flutterwave.routes(),
+            *pawapay.routes(),
         ]
     )
 

@@ -37,6 +37,8 @@ class SandboxConfig:
     balance: str = "10000000"
     # Providers that call back a URL configured on the account rather than per request.
     pawapay_callback_url: str | None = None
+    # The bearer token the PawaPay simulator requires (None: any token).
+    pawapay_api_token: str | None = None
     flutterwave_webhook_url: str | None = None
     # Flutterwave's dashboard "secret hash": sent as verif-hash and used for
     # flutterwave-signature (HMAC-SHA256 of the body, base64).
