@@ -19,7 +19,7 @@ __all__ = [
     "rejection_for",
 ]
 
-# The implemented backends; settings may name others (PROVIDERS.md), which start-up refuses.
+# Every backend (settings.BACKENDS names the same four).
 BACKENDS: dict[str, type[Backend]] = {
     MtnMomoClient.name: MtnMomoClient,
     PawapayClient.name: PawapayClient,
@@ -46,10 +46,7 @@ def build_backends(
 def configuration_problems(settings: Settings) -> list[str]:
     """What stops the configured provider keys from working; empty when all is well."""
     problems = []
-    for key, backend in sorted(settings.providers.items()):
-        if backend not in BACKENDS:
-            problems.append(f"{key} → {backend}: this backend is not implemented yet")
-    for backend in sorted(settings.enabled_backends() & BACKENDS.keys()):
+    for backend in sorted(settings.enabled_backends()):
         problems += BACKENDS[backend].configuration_problems(settings)
     return problems
 

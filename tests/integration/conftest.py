@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kunpay_sdk import KunPayClient
-from tests.integration.harness import EventLog, Stack
+from tests.integration.harness import WORKER_ENV, EventLog, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,8 @@ async def stack(
         assert worker.errors() == [], worker.tail()
         # ...and its log holds no secret and no full phone number.
         text = json.dumps(worker.lines)
-        for secret in ("test-api-key", "test-subscription-key", "670000000", "670000002"):
+        secrets = [v for k, v in WORKER_ENV.items() if k.endswith(("KEY", "TOKEN", "SECRET"))]
+        for secret in (*secrets, "670000000", "670000002", "690000000"):
             assert secret not in text, f"{secret!r} in the worker's log"
         assert worker.proc.returncode is None
         assert await worker.stop() == 0, worker.tail()

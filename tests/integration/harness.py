@@ -26,7 +26,8 @@ from aiohttp import web
 
 from kunpay_sdk import Event, KunPayClient
 from kunpay_worker.sandbox import SandboxConfig, build_app
-from kunpay_worker.sandbox.app import MTN_KEY
+from kunpay_worker.sandbox.app import MTN_KEY, SIMULATORS_KEY
+from kunpay_worker.sandbox.common import Simulator
 from kunpay_worker.sandbox.mtn_momo import MtnSandbox
 
 # A valid collect() call; tests override what they are about.
@@ -54,7 +55,23 @@ WORKER_ENV = {
     "KUNPAY_LOG_FORMAT": "json",
     "KUNPAY_LOG_LEVEL": "INFO",
     "KUNPAY_SHUTDOWN_GRACE": "5",
-    "KUNPAY_PROVIDERS": '{"MTN_CAMEROON": "MTN_MOMO"}',
+    "KUNPAY_PROVIDERS": json.dumps(
+        {
+            "MTN_CAMEROON": "MTN_MOMO",
+            "ORANGE_CAMEROON": "ORANGE_MP",
+            "PAWAPAY": "PAWAPAY",
+            "FLUTTERWAVE": "FLUTTERWAVE",
+        }
+    ),
+    "KUNPAY_PAWAPAY__API_TOKEN": "test-pawapay-token",
+    "KUNPAY_FLUTTERWAVE__SECRET_KEY": "FLWSECK_TEST-0123456789abcdef-X",
+    "KUNPAY_FLUTTERWAVE__CUSTOMER_EMAIL": "payments@example.com",
+    "KUNPAY_ORANGE_MP__CLIENT_ID": "test-orange-client",
+    "KUNPAY_ORANGE_MP__CLIENT_SECRET": "test-orange-secret",
+    "KUNPAY_ORANGE_MP__X_AUTH_TOKEN": "test-orange-x-auth",
+    "KUNPAY_ORANGE_MP__CHANNEL_USER_MSISDN": "691234567",
+    "KUNPAY_ORANGE_MP__PIN": "2222",
+    "KUNPAY_ORANGE_MP__RETRY_WAIT": "1",
     "KUNPAY_MTN_MOMO__CURRENCIES": '["XAF"]',
     "KUNPAY_MTN_MOMO__COLLECTION__SUBSCRIPTION_KEY": "test-subscription-key",
     "KUNPAY_MTN_MOMO__COLLECTION__API_USER": "8f2c9a51-0d3e-4e21-9b7a-2c5d6e7f8a90",
@@ -239,6 +256,7 @@ class Stack:
         self.sandbox_url = ""
         self._runner: web.AppRunner | None = None
         self.mtn: MtnSandbox
+        self.simulators: dict[str, Simulator] = {}
 
     @classmethod
     async def create(cls, kind: str, tmp: Path, *, settle_seconds: float = 0.2) -> Stack:
@@ -247,10 +265,11 @@ class Stack:
         stack = cls(db, vhost, url)
         app = build_app(
             SandboxConfig(
-                settle_seconds=settle_seconds, slow_seconds=30, late_seconds=1.0, balance="1000000"
+                settle_seconds=settle_seconds, slow_seconds=4, late_seconds=1.0, balance="1000000"
             )
         )
         stack.mtn = app[MTN_KEY]
+        stack.simulators = app[SIMULATORS_KEY]
         stack._runner = web.AppRunner(app, access_log=None)
         await stack._runner.setup()
         site = web.TCPSite(stack._runner, "127.0.0.1", 0)
@@ -267,6 +286,9 @@ class Stack:
             "KUNPAY_AMQP_URL": self.amqp_url,
             "KUNPAY_DATABASE_URL": self.db.url,
             "KUNPAY_MTN_MOMO__BASE_URL": self.sandbox_url,
+            "KUNPAY_PAWAPAY__BASE_URL": self.sandbox_url,
+            "KUNPAY_FLUTTERWAVE__BASE_URL": self.sandbox_url,
+            "KUNPAY_ORANGE_MP__BASE_URL": self.sandbox_url,
         }
 
     async def migrate(self) -> None:
@@ -295,7 +317,8 @@ class Stack:
         return await KunPayClient.connect(self.amqp_url)
 
     async def close(self) -> None:
-        self.mtn.release()
+        for simulator in self.simulators.values():
+            simulator.release()
         for worker in self.workers:
             if worker.proc.returncode is None:
                 await worker.kill()

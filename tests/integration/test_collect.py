@@ -201,17 +201,6 @@ async def test_wait_times_out_on_a_payment_that_stays_pending(client: KunPayClie
     assert (await client.get(accepted.transaction_id)).status is Status.PENDING
 
 
-async def test_a_provider_key_this_worker_does_not_serve_is_rejected(
-    client: KunPayClient, events: EventLog
-) -> None:
-    accepted = await collect(client, provider="PAWAPAY")
-    outcome = await client.wait(accepted.transaction_id, timeout=15)
-    assert outcome.type is EventType.REJECTED
-    assert outcome.transaction is not None
-    assert outcome.transaction.status is Status.REJECTED
-    assert "PAWAPAY is not configured" in (outcome.transaction.failure_reason or "")
-
-
 async def test_get_of_an_unknown_transaction_is_not_found(client: KunPayClient) -> None:
     with pytest.raises(TransactionNotFound):
         await client.get(uuid.uuid4())
