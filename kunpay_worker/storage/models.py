@@ -44,7 +44,7 @@ class PaymentType(Model):
     short_name = fields.CharField(max_length=40, unique=True)
     payment_class = fields.CharField(max_length=40)
     provider = fields.CharField(max_length=40)
-    currency = fields.CharField(max_length=8, default="XAF")
+    currency = fields.CharField(max_length=8, default="XAF", db_default="XAF")
     is_active = fields.BooleanField(default=True)
     fixed_provider_fee = fields.DecimalField(max_digits=18, decimal_places=4, default=0)
     percentage_provider_fee = fields.DecimalField(max_digits=7, decimal_places=4, default=0)
@@ -84,7 +84,7 @@ class Transaction(Model):
     provider_handle = fields.CharField(max_length=128, null=True)
     # The provider could not confirm the outcome (a non-deduplicating send with an unknown
     # answer that never showed up): an operator must reconcile it.
-    needs_reconciliation = fields.BooleanField(default=False)
+    needs_reconciliation = fields.BooleanField(default=False, db_default=False)
     initiation = fields.CharEnumField(Initiation, max_length=10)
     send_lease_until = fields.DatetimeField(null=True)
     send_attempts = fields.IntField(default=0)
@@ -94,7 +94,7 @@ class Transaction(Model):
     poll_seq = fields.IntField(default=0)
     poll_count = fields.IntField(default=0)
     # Checks of a FAILED collection for a provider's late success.
-    late_checks = fields.IntField(default=0)
+    late_checks = fields.IntField(default=0, db_default=0)
     next_poll_at = fields.DatetimeField(null=True, db_index=True)
     # Events: the last sequence number used for this transaction's events.
     event_seq = fields.IntField(default=0)
