@@ -330,3 +330,32 @@ async def test_two_racing_refunds_reserve_no_more_than_was_paid() -> None:
     statuses = sorted(str(r.transaction.status) for r in results if r.transaction)
     assert statuses == ["PENDING", "REJECTED", "REJECTED", "REJECTED", "REJECTED"]
     assert (await Transaction.get(id=original.id)).amount_reserved == Decimal("3000")
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_retry_through_a_waiting_backend_is_not_sent_before_its_wait() -> None:
+    from kunpay_sdk.contracts import RetryCommand
+    from kunpay_worker.storage.intake import take_in_retry
+
+    original = await new_tx()
+    await Transaction.filter(id=original.id).update(
+        status=Status.FAILED, updated_at=datetime.now(UTC)
+    )
+    command = RetryCommand(
+        command_id=uuid.uuid4(),
+        transaction_id=transaction_id_for("shop", "retry", "orange-wait"),
+        idempotency_key="orange-wait",
+        original_transaction_id=original.id,
+        issued_at=datetime.now(UTC),
+    )
+    intake = await take_in_retry(
+        command, app="shop", rejection=lambda _o: None, send_wait=lambda _o: 120.0, plan=PLAN
+    )
+    tx = intake.transaction
+    assert tx is not None
+    assert tx.send_after is not None
+    wait = (tx.send_after - datetime.now(UTC)).total_seconds()
+    assert 110 < wait <= 120
+    # Its first check is due when it may be sent, not before.
+    assert tx.next_poll_at is not None
+    assert tx.next_poll_at >= tx.send_after
