@@ -118,7 +118,7 @@ class Engine:
             lookup = await self._backend(tx).lookup(await self._request(tx))
             observation = _observation(lookup)
             if observation is not None and await repo.apply_observation(
-                tx.id, observation, found_reference=lookup.found
+                tx.id, observation, found_reference=lookup.found, plan=self.plan
             ):
                 self.notify()
         return await repo.load(tx_id)
@@ -127,8 +127,10 @@ class Engine:
         """A retry is about to be taken in: ask the provider about the FAILED original first
         (it may have completed late). Errors leave the original as it is."""
         tx = await repo.load(tx_id)
-        if tx is None or tx.status is not Status.FAILED or tx.initiation is not Initiation.SENT:
+        if tx is None or tx.status is not Status.FAILED:
             return
+        if tx.initiation is not Initiation.SENT and not tx.needs_reconciliation:
+            return  # refused or never sent: nothing at the provider to complete late
         if tx.backend not in self.backends:
             return
         try:
@@ -138,7 +140,7 @@ class Engine:
             return
         observation = _observation(lookup)
         if observation is not None and await repo.apply_observation(
-            tx.id, observation, found_reference=True
+            tx.id, observation, found_reference=True, plan=self.plan
         ):
             self.notify()
 
@@ -183,6 +185,14 @@ class Engine:
         fence = claimed.send_attempts
         resend = expected is not Initiation.NEW
         backend = self._backend(claimed)
+        if resend and backend.needs_prepare and claimed.provider_handle is not None:
+            # A key appeared since we decided (a late holder of an expired claim got it): the
+            # money request may be out. Look it up; never pay with it a second time.
+            await repo.record_sent(
+                claimed.id, fence, Initiation.UNKNOWN, self.plan.delays[0], self.plan
+            )
+            self.notify()
+            return
         bound = log.bind(transaction_id=str(tx.id), backend=tx.backend, send_attempt=fence)
         request = await self._request(claimed)
         next_check = self._next_delay(claimed)
@@ -250,8 +260,12 @@ class Engine:
         """The last send's outcome is unknown: ask the provider before anything else."""
         backend = self._backend(tx)
         if backend.needs_prepare and tx.provider_handle is None:
-            # The provider never gave us its key, so the money request never left: send.
-            await self._send(tx)
+            # The provider never gave us its key, so the money request never left: it is a
+            # first send again (and counts toward the limit like one).
+            if await repo.reset_unsent(tx.id, tx.initiation, tx.send_attempts):
+                fresh = await repo.load(tx.id)
+                if fresh is not None:
+                    await self._send(fresh)
             return
         lookup = await self._lookup(tx, poll_seq)
         if lookup is None:

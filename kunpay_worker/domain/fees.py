@@ -85,6 +85,9 @@ def gross_for(net: Decimal, fees: FeeSchedule, currency: str) -> FeeSplit:
     """What to charge so the merchant nets at least ``net``."""
     if net <= 0:
         raise FeeError(f"the net amount must be greater than zero, got {net}")
+    if net != _floor(net, currency):
+        exponent = CURRENCY_EXPONENTS[currency]
+        raise FeeError(f"{currency} amounts have {exponent} decimal places; got {net}")
     gross = round_up(HUNDRED * (net + fees.fixed) / (HUNDRED - fees.percentage), currency)
     return _split(gross, net, fees, currency)
 

@@ -45,6 +45,8 @@ def refund_amount(
         raise RefundRefused(
             f"nothing left to refund: {refunded} refunded and {reserved} being refunded of {amount}"
         )
+    if requested is not None and requested <= 0:
+        raise RefundRefused(f"a refund amount must be greater than zero, got {requested}")
     value = left if requested is None else requested
     exponent = CURRENCY_EXPONENTS[currency]
     if value != value.quantize(Decimal(1).scaleb(-exponent)):

@@ -260,7 +260,10 @@ async def take_in_refund(
 ) -> Intake:
     fingerprint = command_fingerprint(
         command.operation,
-        {"original": str(command.original_transaction_id), "amount": command.amount or "all"},
+        {
+            "original": str(command.original_transaction_id),
+            "amount": "all" if command.amount is None else command.amount,
+        },
     )
 
     async def build(_now: datetime) -> NewTransaction:
@@ -334,7 +337,13 @@ async def take_in_retry(
     )
 
     async def build(now: datetime) -> NewTransaction:
-        original = await lock(command.original_transaction_id)
+        # Lock the chain's first attempt, not the one retried: every retry of one payment then
+        # serialises on one row, and a late check (attempt first, then the chain's first) cannot
+        # deadlock with us.
+        original = await Transaction.get_or_none(id=command.original_transaction_id)
+        if original is not None:
+            await lock(original.attempt_root or original.id)
+            original = await Transaction.get_or_none(id=original.id)
         if original is None or original.app != app:
             return NewTransaction(
                 type=TransactionType.COLLECTION,
@@ -369,20 +378,24 @@ async def take_in_retry(
         elif original.status is not Status.FAILED:
             new.rejection = f"NOT_RETRYABLE: {original.id} is {original.status}, not FAILED"
         else:
-            busy = (
-                await Transaction.filter(Q(id=root) | Q(attempt_root=root))
-                .filter(
-                    status__in=[
-                        Status.PENDING,
-                        Status.COMPLETED,
-                        Status.REFUNDED,
-                        Status.REFUND_FAILED,
-                    ]
-                )
-                .first()
-            )
+            chain = Transaction.filter(Q(id=root) | Q(attempt_root=root))
+            busy = await chain.filter(
+                status__in=[
+                    Status.PENDING,
+                    Status.COMPLETED,
+                    Status.REFUNDED,
+                    Status.REFUND_FAILED,
+                ]
+            ).first()
+            # An attempt whose outcome the provider never confirmed may have charged the payer.
+            unknown = await chain.filter(needs_reconciliation=True).first()
             if busy is not None:
                 new.rejection = f"NOT_RETRYABLE: attempt {busy.id} of this payment is {busy.status}"
+            elif unknown is not None:
+                new.rejection = (
+                    f"NOT_RETRYABLE: the outcome of attempt {unknown.id} is unknown; reconcile "
+                    "it with the provider first"
+                )
             else:
                 new.rejection = rejection(original)
         if new.rejection is None:

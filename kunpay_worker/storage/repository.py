@@ -212,7 +212,10 @@ async def _settle_refund(
     original = await lock(refund.original_id)  # type: ignore[attr-defined]
     if original is None:
         raise LostRace(f"refund {refund.id} has no original")
-    reserved = max(original.amount_reserved - refund.amount, Decimal(0))
+    reserved = original.amount_reserved - refund.amount
+    if reserved < 0:
+        log.error("refund reservation below zero", refund=str(refund.id), reserved=str(reserved))
+        reserved = Decimal(0)
     refund_id: str | None = None
     if new is Status.COMPLETED:
         refunded = original.amount_refunded + refund.amount
@@ -229,6 +232,11 @@ async def _settle_refund(
         )
         if refunded >= original.amount:
             await set_status(original, Status.REFUNDED, None, now)
+    elif refund.needs_reconciliation:
+        # Nobody knows whether this refund went out: its amount stays reserved, so it cannot be
+        # refunded again, until an operator reconciles it with the provider.
+        await Transaction.filter(id=original.id).update(needs_reconciliation=True, updated_at=now)
+        original.needs_reconciliation = True
     else:
         await Transaction.filter(id=original.id).update(amount_reserved=reserved, updated_at=now)
         original.amount_reserved = reserved
@@ -241,6 +249,10 @@ async def _settle_refund(
 async def _detect_duplicate(tx: Transaction, now: datetime) -> None:
     """Two attempts of one payment both completed: the customer paid twice. Say so."""
     root = tx.attempt_root or tx.id
+    if root != tx.id:
+        # Completions and late successes of one payment serialise on its first attempt, so
+        # two of them committing together still see each other.
+        await lock(root)
     others = (
         await Transaction.filter(Q(id=root) | Q(attempt_root=root))
         .exclude(id=tx.id)
@@ -424,15 +436,31 @@ async def record_sent(
 
 
 async def record_handle(tx_id: uuid.UUID, fence: int, handle: str) -> bool:
-    """Commit the provider's lookup key (Orange payToken) before the money request goes out."""
+    """Commit the provider's lookup key (Orange payToken) before the money request goes out;
+    only while our claim's lease still holds, so a takeover never finds a key it did not get."""
     async with in_transaction():
         tx = await _lock_claim(tx_id, fence)
-        if tx is None:
+        if tx is None or tx.send_lease_until is None or tx.send_lease_until <= utcnow():
             return False
         await Transaction.filter(id=tx_id, send_attempts=fence).update(
             provider_handle=handle, updated_at=utcnow()
         )
         return True
+
+
+async def reset_unsent(tx_id: uuid.UUID, expected: Initiation, attempts_seen: int) -> bool:
+    """The provider never handed out its key (Orange init failed or its answer was lost), so the
+    money request never left: back to NEW, to be sent as a first send."""
+    now = utcnow()
+    condition = Q(
+        id=tx_id, status=Status.PENDING, initiation=expected, send_attempts=attempts_seen
+    ) & Q(provider_handle__isnull=True)
+    if expected is Initiation.SENDING:
+        condition &= Q(send_lease_until__lt=now)
+    updated = await Transaction.filter(condition).update(
+        initiation=Initiation.NEW, send_lease_until=None, updated_at=now
+    )
+    return updated == 1
 
 
 async def record_refused(tx_id: uuid.UUID, fence: int, reason: str) -> Event | None:
@@ -524,7 +552,11 @@ async def record_check(
                 changes["needs_reconciliation"] = True
             else:
                 changes["initiation"] = Initiation.NOT_SENT
-            return await set_status(tx, Status.FAILED, give_up, now, **changes)
+            event = await set_status(tx, Status.FAILED, give_up, now, **changes)
+            if reconcile:
+                # The provider may still report it: keep looking, for a late success.
+                await _schedule_late_check(tx, plan, now)
+            return event
         await Transaction.filter(id=tx_id).update(**changes, updated_at=now)
         tx.poll_count += 1
         await _schedule_poll(tx, delay, plan, now)
@@ -536,7 +568,7 @@ async def _schedule_late_check(tx: Transaction, plan: PollPlan, now: datetime) -
     if (
         tx.type is TransactionType.COLLECTION
         and tx.status is Status.FAILED
-        and tx.initiation is Initiation.SENT
+        and (tx.initiation is Initiation.SENT or tx.needs_reconciliation)
         and tx.late_checks < len(plan.late_delays)
     ):
         await _schedule_poll(tx, plan.late_delays[tx.late_checks], plan, now)
@@ -554,13 +586,7 @@ async def record_late_check(
         now = utcnow()
         if observation is not None and observation.status is Status.COMPLETED:
             return await set_status(
-                tx,
-                Status.COMPLETED,
-                None,
-                now,
-                next_poll_at=None,
-                provider_transaction_id=observation.provider_transaction_id
-                or tx.provider_transaction_id,
+                tx, Status.COMPLETED, None, now, **_late_changes(tx, observation)
             )
         if tx.poll_seq != poll_seq:
             return None
@@ -571,7 +597,7 @@ async def record_late_check(
 
 
 async def apply_observation(
-    tx_id: uuid.UUID, observation: Observation, *, found_reference: bool
+    tx_id: uuid.UUID, observation: Observation, *, found_reference: bool, plan: PollPlan
 ) -> Event | None:
     """What verify() learned: a final status for a PENDING transaction, or a late success for
     a FAILED collection. Anything else changes nothing (the poll chain goes on as it was)."""
@@ -588,14 +614,30 @@ async def apply_observation(
                 changes["provider_transaction_id"] = observation.provider_transaction_id
             if observation.handle and tx.provider_handle is None:
                 changes["provider_handle"] = observation.handle
-            return await set_status(tx, observation.status, observation.reason, now, **changes)
+            event = await set_status(tx, observation.status, observation.reason, now, **changes)
+            await _schedule_late_check(tx, plan, now)
+            return event
         if (
             tx.status is Status.FAILED
             and tx.type is TransactionType.COLLECTION
             and observation.status is Status.COMPLETED
         ):
-            return await set_status(tx, Status.COMPLETED, None, now, next_poll_at=None)
+            return await set_status(
+                tx, Status.COMPLETED, None, now, **_late_changes(tx, observation)
+            )
         return None
+
+
+def _late_changes(tx: Transaction, observation: Observation) -> dict[str, Any]:
+    """What a late success records besides the status: the provider's ids, the send as SENT."""
+    changes: dict[str, Any] = {"next_poll_at": None}
+    if tx.initiation in (Initiation.SENDING, Initiation.UNKNOWN):
+        changes.update(initiation=Initiation.SENT, send_lease_until=None)
+    if observation.provider_transaction_id:
+        changes["provider_transaction_id"] = observation.provider_transaction_id
+    if observation.handle and tx.provider_handle is None:
+        changes["provider_handle"] = observation.handle
+    return changes
 
 
 async def load(tx_id: uuid.UUID) -> Transaction | None:

@@ -201,3 +201,25 @@ async def test_orange_secrets_never_reach_the_audit_trail(
     assert "test-orange-x-auth" not in text
     assert '"2222"' not in text
     assert "690000000" not in text
+
+
+async def test_a_refund_whose_outcome_stays_unknown_keeps_its_amount_reserved(
+    stack: Stack, client: KunPayClient
+) -> None:
+    # 670000031: Flutterwave answers after the worker's timeout, the refund included; with no
+    # refund id to look up, the refund ends UNKNOWN_OUTCOME for an operator to reconcile.
+    paid = await collect(client, "FLUTTERWAVE", "670000031")
+    assert paid.type is EventType.SUCCEEDED
+    assert paid.transaction is not None
+    original = paid.transaction.id
+    outcome = await client.wait((await client.refund(original)).transaction_id, timeout=20)
+    assert outcome.transaction is not None
+    assert outcome.type is EventType.REFUND_FAILED
+    assert (outcome.transaction.failure_reason or "").startswith("UNKNOWN_OUTCOME")
+    assert outcome.transaction.needs_reconciliation
+    payment = await client.get(original)
+    assert payment.status is Status.COMPLETED  # not REFUND_FAILED: it may have been refunded
+    assert payment.needs_reconciliation
+    again = await client.wait((await client.refund(original)).transaction_id, timeout=20)
+    assert again.type is EventType.REJECTED  # the amount is still reserved
+    assert initiations(stack, "FLUTTERWAVE", outcome) == 1

@@ -359,3 +359,64 @@ async def test_a_retry_through_a_waiting_backend_is_not_sent_before_its_wait() -
     # Its first check is due when it may be sent, not before.
     assert tx.next_poll_at is not None
     assert tx.next_poll_at >= tx.send_after
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_retry_is_refused_while_an_attempt_needs_reconciliation() -> None:
+    original = await new_tx()
+    await Transaction.filter(id=original.id).update(
+        status=Status.FAILED, needs_reconciliation=True, initiation=Initiation.UNKNOWN
+    )
+    refused = (await retry(original.id, "after-unknown")).transaction
+    assert refused is not None
+    assert refused.status is Status.REJECTED
+    assert "outcome of attempt" in (refused.failure_reason or "")
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_refund_of_a_negative_amount_is_rejected_and_reserves_nothing() -> None:
+    from kunpay_sdk.contracts import RefundCommand
+    from kunpay_worker.storage.intake import RefundSupport, take_in_refund
+
+    original = await new_tx()
+    await Transaction.filter(id=original.id).update(status=Status.COMPLETED)
+    command = RefundCommand(
+        command_id=uuid.uuid4(),
+        transaction_id=transaction_id_for("shop", "refund", "negative"),
+        idempotency_key="negative",
+        original_transaction_id=original.id,
+        amount=Decimal("-3000"),
+        issued_at=datetime.now(UTC),
+    )
+    support = RefundSupport(rejection=lambda _b: None, partial=lambda _b: True)
+    intake = await take_in_refund(command, app="shop", support=support, plan=PLAN)
+    assert intake.transaction is not None
+    assert intake.transaction.status is Status.REJECTED
+    assert (await Transaction.get(id=original.id)).amount_reserved == 0
+
+
+@pytest.mark.usefixtures("database")
+async def test_an_unsent_request_without_a_provider_key_goes_back_to_new() -> None:
+    tx = await new_tx()
+    claimed = await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60)
+    assert claimed is not None
+    await repo.record_sent(tx.id, 1, Initiation.UNKNOWN, 0.2, PLAN)
+    assert await repo.reset_unsent(tx.id, Initiation.UNKNOWN, 1)
+    current = await Transaction.get(id=tx.id)
+    assert (current.initiation, current.send_attempts) == (Initiation.NEW, 1)
+    # Not once a key was committed: then the request may be out.
+    await repo.claim_send(tx.id, Initiation.NEW, 1, lease=60)
+    assert await repo.record_handle(tx.id, 2, "pay-token")
+    await repo.record_sent(tx.id, 2, Initiation.UNKNOWN, 0.2, PLAN)
+    assert not await repo.reset_unsent(tx.id, Initiation.UNKNOWN, 2)
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_key_is_not_recorded_once_the_claim_has_expired() -> None:
+    tx = await new_tx()
+    await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60)
+    await Transaction.filter(id=tx.id).update(
+        send_lease_until=datetime.now(UTC) - timedelta(seconds=1)
+    )
+    assert not await repo.record_handle(tx.id, 1, "late-token")
+    assert (await Transaction.get(id=tx.id)).provider_handle is None

@@ -66,3 +66,8 @@ def test_a_gross_splits_into_net_and_fees() -> None:
 def test_a_gross_that_does_not_cover_the_fees_is_refused() -> None:
     with pytest.raises(FeeError, match="does not cover"):
         split_gross(D("50"), OLD_PACKAGE, "XAF")
+
+
+def test_a_net_amount_finer_than_the_currency_is_refused() -> None:
+    with pytest.raises(FeeError, match="0 decimal places"):
+        gross_for(D("5000.5"), OLD_PACKAGE, "XAF")

@@ -57,6 +57,8 @@ def test_what_a_refund_takes(overrides: dict[str, Any], expected: Decimal) -> No
         ({"refunded": D("5000")}, "nothing left"),
         ({"requested": D("10.5")}, "decimal places"),
         ({"requested": D("2000"), "partial_supported": False}, "only refunds whole"),
+        ({"requested": D("-3000")}, "greater than zero"),
+        ({"requested": D("0")}, "greater than zero"),
     ],
 )
 def test_what_a_refund_cannot_take(overrides: dict[str, Any], message: str) -> None:
