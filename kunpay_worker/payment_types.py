@@ -13,7 +13,7 @@ from rich.table import Table
 
 from kunpay_sdk.money import CURRENCY_EXPONENTS
 from kunpay_sdk.msisdn import PROVIDER_OPERATORS
-from kunpay_worker.domain.fees import FeeError, FeeSchedule
+from kunpay_worker.domain.fees import FeeError
 from kunpay_worker.settings import Settings
 from kunpay_worker.storage import db
 from kunpay_worker.storage.models import PaymentType
@@ -62,12 +62,7 @@ def _check(row: PaymentType) -> None:
     if row.currency not in CURRENCY_EXPONENTS:
         raise typer.BadParameter(f"unknown currency {row.currency!r}", param_hint="--currency")
     try:
-        FeeSchedule(
-            fixed_provider=row.fixed_provider_fee,
-            percentage_provider=row.percentage_provider_fee,
-            fixed_platform=row.fixed_platform_fee,
-            percentage_platform=row.percentage_platform_fee,
-        )
+        row.fee_schedule()
     except FeeError as exc:
         raise typer.BadParameter(str(exc)) from exc
 

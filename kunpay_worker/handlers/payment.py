@@ -11,7 +11,7 @@ from kunpay_sdk.contracts import (
     validate_payment,
 )
 from kunpay_sdk.errors import ValidationError
-from kunpay_worker.domain.fees import FeeError, FeeSchedule, split_gross
+from kunpay_worker.domain.fees import FeeError, split_gross
 from kunpay_worker.engine import Engine
 from kunpay_worker.handlers.common import proceed
 from kunpay_worker.providers.base import CAPABILITY_FOR
@@ -44,16 +44,7 @@ async def _price(new: NewTransaction, payment_type: str, fields: ValidatedPaymen
         new.rejection = f"INVALID: payment type {payment_type!r} is priced in {row.currency}"
         return
     try:
-        split = split_gross(
-            fields.amount,
-            FeeSchedule(
-                fixed_provider=row.fixed_provider_fee,
-                percentage_provider=row.percentage_provider_fee,
-                fixed_platform=row.fixed_platform_fee,
-                percentage_platform=row.percentage_platform_fee,
-            ),
-            fields.currency,
-        )
+        split = split_gross(fields.amount, row.fee_schedule(), fields.currency)
     except FeeError as exc:
         new.rejection = f"INVALID: {exc}"
         return

@@ -24,7 +24,7 @@ from kunpay_sdk.contracts import (
 )
 from kunpay_sdk.errors import ValidationError
 from kunpay_sdk.msisdn import parse_msisdn
-from kunpay_worker.domain.fees import FeeError, FeeSchedule, gross_for
+from kunpay_worker.domain.fees import FeeError, gross_for
 from kunpay_worker.engine import Engine
 from kunpay_worker.messaging import Publisher
 from kunpay_worker.providers.base import Capability
@@ -107,16 +107,7 @@ class Answers:
         if row is None or not row.is_active:
             return _error("not_found", f"no active payment type {request.payment_type!r}")
         try:
-            split = gross_for(
-                request.net_amount,
-                FeeSchedule(
-                    fixed_provider=row.fixed_provider_fee,
-                    percentage_provider=row.percentage_provider_fee,
-                    fixed_platform=row.fixed_platform_fee,
-                    percentage_platform=row.percentage_platform_fee,
-                ),
-                row.currency,
-            )
+            split = gross_for(request.net_amount, row.fee_schedule(), row.currency)
         except FeeError as exc:
             return _error("invalid", str(exc))
         return RpcReply(

@@ -13,9 +13,17 @@ from typing import Any
 import aiohttp
 
 from kunpay_worker.providers.base import AttemptRecord, AttemptRecorder, mask_payload, mask_text
-from kunpay_worker.providers.errors import ProviderNotReached, ProviderUnavailable
+from kunpay_worker.providers.errors import (
+    ProviderAuthFailed,
+    ProviderError,
+    ProviderNotReached,
+    ProviderRefused,
+    ProviderResponseInvalid,
+    ProviderThrottled,
+    ProviderUnavailable,
+)
 
-__all__ = ["HttpResponse", "ProviderHttp", "TokenCache", "retry_after"]
+__all__ = ["HttpResponse", "ProviderHttp", "TokenCache", "error_for", "retry_after"]
 
 MAX_BODY_LOGGED = 4000
 
@@ -179,3 +187,42 @@ def _masked_text(raw: bytes | None) -> str | None:
     except ValueError:
         return mask_text(raw[:MAX_BODY_LOGGED].decode("utf-8", "replace"))
     return mask_text(json.dumps(mask_payload(parsed)))[:MAX_BODY_LOGGED]
+
+
+def error_for(
+    provider: str,
+    label: str,
+    response: HttpResponse,
+    *,
+    reference: str | None,
+    code: str | None,
+    sends_money: bool,
+    refused: bool | None = None,
+    refused_code: str | None = None,
+) -> ProviderError:
+    """The error an unsuccessful answer means, the same ladder for every provider:
+
+    429 → ProviderThrottled (with Retry-After); 401/403 → ProviderAuthFailed; 5xx →
+    ProviderUnavailable (a money request's outcome is unknown); a money request refused (4xx, or
+    ``refused`` when the provider says no otherwise) → ProviderRefused carrying ``refused_code``
+    (default ``code``); anything else → ProviderResponseInvalid. ``label`` names the provider in
+    messages."""
+    status = response.status
+    kwargs: dict[str, Any] = {
+        "provider": provider,
+        "http_status": status,
+        "provider_code": code,
+        "reference": reference,
+    }
+    if status == 429:
+        return ProviderThrottled(
+            f"{label} throttled the request", retry_after=retry_after(response.headers), **kwargs
+        )
+    if status in (401, 403):
+        return ProviderAuthFailed(f"{label} refused our credentials ({code or status})", **kwargs)
+    if status >= 500:
+        return ProviderUnavailable(f"{label} answered {status}", **kwargs)
+    if sends_money and (400 <= status < 500 if refused is None else refused):
+        kwargs["provider_code"] = refused_code or code or f"HTTP_{status}"
+        return ProviderRefused(f"{label} refused the request ({code or status})", **kwargs)
+    return ProviderResponseInvalid(f"unexpected {label} answer {status}", **kwargs)

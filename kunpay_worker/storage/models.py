@@ -12,6 +12,7 @@ from tortoise import fields
 from tortoise.models import Model
 
 from kunpay_sdk.contracts import Status, TransactionType
+from kunpay_worker.domain.fees import FeeSchedule
 
 
 class Initiation(StrEnum):
@@ -55,6 +56,15 @@ class PaymentType(Model):
 
     class Meta:
         table = "payment_types"
+
+    def fee_schedule(self) -> FeeSchedule:
+        """Its fees; raises FeeError when they cannot leave the merchant anything."""
+        return FeeSchedule(
+            fixed_provider=self.fixed_provider_fee,
+            percentage_provider=self.percentage_provider_fee,
+            fixed_platform=self.fixed_platform_fee,
+            percentage_platform=self.percentage_platform_fee,
+        )
 
 
 class Transaction(Model):

@@ -30,8 +30,6 @@ from kunpay_worker.providers.errors import (
     ProviderNotReached,
     ProviderRefused,
     ProviderResponseInvalid,
-    ProviderThrottled,
-    ProviderUnavailable,
 )
 from kunpay_worker.providers.flutterwave.transformers import (
     Created,
@@ -47,7 +45,7 @@ from kunpay_worker.providers.flutterwave.transformers import (
     lookup_from_transaction,
     refund_body,
 )
-from kunpay_worker.providers.http import HttpResponse, ProviderHttp, retry_after
+from kunpay_worker.providers.http import HttpResponse, ProviderHttp, error_for
 from kunpay_worker.settings import FlutterwaveSettings, Settings
 
 __all__ = ["FlutterwaveClient"]
@@ -327,34 +325,19 @@ class FlutterwaveClient(BackendBase):
         *,
         sends_money: bool,
     ) -> ProviderError:
-        status = response.status
+        # 503 after ~28 s is Flutterwave timing out: it may still process the request. An HTTP
+        # 200 whose status is "error" is a refusal like a 4xx.
         message = envelope.message if envelope is not None else None
-        kwargs: dict[str, Any] = {
-            "provider": NAME,
-            "http_status": status,
-            "provider_code": error_code(message) or None,
-            "reference": reference,
-        }
-        if status == 429:
-            return ProviderThrottled(
-                "Flutterwave throttled the request",
-                retry_after=retry_after(response.headers),
-                **kwargs,
-            )
-        if status in (401, 403):
-            # A static secret key: there is nothing to refresh.
-            return ProviderAuthFailed("Flutterwave refused our secret key", **kwargs)
-        if status >= 500:
-            # Flutterwave answers 503 after ~28 s when it timed out: it may still process it.
-            return ProviderUnavailable(f"Flutterwave answered {status}", **kwargs)
-        refused = 400 <= status < 500 or (envelope is not None and envelope.status == "error")
-        if sends_money and refused:
-            # A 4xx, or an HTTP 200 whose status is "error": Flutterwave said no.
-            kwargs["provider_code"] = kwargs["provider_code"] or f"HTTP_{status}"
-            return ProviderRefused(
-                f"Flutterwave refused the request ({message or status})", **kwargs
-            )
-        return ProviderResponseInvalid(f"unexpected Flutterwave answer {status}", **kwargs)
+        status = response.status
+        return error_for(
+            NAME,
+            "Flutterwave",
+            response,
+            reference=reference,
+            code=error_code(message) or None,
+            sends_money=sends_money,
+            refused=400 <= status < 500 or (envelope is not None and envelope.status == "error"),
+        )
 
     def _secret_key(self) -> str:
         key = self._settings.secret_key

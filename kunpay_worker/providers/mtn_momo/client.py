@@ -29,12 +29,15 @@ from kunpay_worker.providers.errors import (
     ProviderAuthFailed,
     ProviderError,
     ProviderNotReached,
-    ProviderRefused,
     ProviderResponseInvalid,
-    ProviderThrottled,
     ProviderUnavailable,
 )
-from kunpay_worker.providers.http import HttpResponse, ProviderHttp, TokenCache, retry_after
+from kunpay_worker.providers.http import (
+    HttpResponse,
+    ProviderHttp,
+    TokenCache,
+    error_for,
+)
 from kunpay_worker.providers.mtn_momo.transformers import (
     AccountHolderActive,
     BalanceBody,
@@ -293,27 +296,14 @@ class MtnMomoClient(BackendBase):
     def _error(
         self, response: HttpResponse, reference: str | None, *, sends_money: bool
     ) -> ProviderError:
-        code = _error_code(response)
-        kwargs: dict[str, Any] = {
-            "provider": NAME,
-            "http_status": response.status,
-            "provider_code": code,
-            "reference": reference,
-        }
-        status = response.status
-        if status == 429:
-            return ProviderThrottled(
-                "MTN MoMo throttled the request",
-                retry_after=retry_after(response.headers),
-                **kwargs,
-            )
-        if status in (401, 403):
-            return ProviderAuthFailed("MTN MoMo refused our credentials", **kwargs)
-        if status >= 500:
-            return ProviderUnavailable(f"MTN MoMo answered {status}", **kwargs)
-        if sends_money and 400 <= status < 500:
-            return ProviderRefused(f"MTN MoMo refused the request ({code or status})", **kwargs)
-        return ProviderResponseInvalid(f"unexpected MTN MoMo answer {status}", **kwargs)
+        return error_for(
+            NAME,
+            "MTN MoMo",
+            response,
+            reference=reference,
+            code=_error_code(response),
+            sends_money=sends_money,
+        )
 
     def _credentials(self, product: str) -> _Credentials:
         configured: MtnProduct = getattr(self._settings, product)

@@ -37,7 +37,13 @@ from kunpay_worker.providers.errors import (
     ProviderThrottled,
     ProviderUnavailable,
 )
-from kunpay_worker.providers.http import HttpResponse, ProviderHttp, TokenCache, retry_after
+from kunpay_worker.providers.http import (
+    HttpResponse,
+    ProviderHttp,
+    TokenCache,
+    error_for,
+    retry_after,
+)
 from kunpay_worker.providers.orange_mp.transformers import (
     InitAnswer,
     PaymentAnswer,
@@ -266,36 +272,16 @@ class OrangeMpClient(BackendBase):
     def _error(
         self, response: HttpResponse, reference: str | None, *, sends_money: bool = False
     ) -> ProviderError:
+        # A refused debit is a 417 with inittxnstatus; a spent or unknown payToken another 4xx.
         answer = _answer(response)
-        code = failure_code(answer)
-        kwargs: dict[str, Any] = {
-            "provider": NAME,
-            "http_status": response.status,
-            "reference": reference,
-        }
-        status = response.status
-        if status == 429:
-            return ProviderThrottled(
-                "Orange throttled the request",
-                retry_after=retry_after(response.headers),
-                provider_code=code,
-                **kwargs,
-            )
-        if status in (401, 403):
-            return ProviderAuthFailed(
-                "Orange refused our token or X-AUTH-TOKEN", provider_code=code, **kwargs
-            )
-        if status >= 500:
-            return ProviderUnavailable(f"Orange answered {status}", provider_code=code, **kwargs)
-        if sends_money and 400 <= status < 500:
-            # 417 with inittxnstatus for a refused debit, 4xx for a spent or unknown payToken.
-            return ProviderRefused(
-                f"Orange refused the payment ({code or status})",
-                provider_code=code_reason(answer),
-                **kwargs,
-            )
-        return ProviderResponseInvalid(
-            f"unexpected Orange answer {status}", provider_code=code, **kwargs
+        return error_for(
+            NAME,
+            "Orange",
+            response,
+            reference=reference,
+            code=failure_code(answer),
+            sends_money=sends_money,
+            refused_code=code_reason(answer),
         )
 
     def _credentials(self) -> _Credentials:

@@ -46,10 +46,8 @@ from kunpay_worker.providers.errors import (
     ProviderError,
     ProviderRefused,
     ProviderResponseInvalid,
-    ProviderThrottled,
-    ProviderUnavailable,
 )
-from kunpay_worker.providers.http import HttpResponse, ProviderHttp, retry_after
+from kunpay_worker.providers.http import HttpResponse, ProviderHttp, error_for
 from kunpay_worker.providers.pawapay.transformers import (
     InitiationRejected,
     InitiationResponse,
@@ -344,28 +342,16 @@ class PawapayClient(BackendBase):
     def _error(
         self, response: HttpResponse, reference: str | None, *, sends_money: bool
     ) -> ProviderError:
-        code = failure_code(response.body)
-        kwargs: dict[str, Any] = {
-            "provider": NAME,
-            "http_status": response.status,
-            "provider_code": code,
-            "reference": reference,
-        }
-        status = response.status
-        if status == 429:
-            return ProviderThrottled(
-                "PawaPay throttled the request", retry_after=retry_after(response.headers), **kwargs
-            )
-        if status in (401, 403):
-            # A static token (or, with HTTP_SIGNATURE_ERROR, our signature): nothing processed.
-            return ProviderAuthFailed(
-                f"PawaPay refused our credentials ({code or status})", **kwargs
-            )
-        if status >= 500:
-            return ProviderUnavailable(f"PawaPay answered {status}", **kwargs)
-        if sends_money and 400 <= status < 500:
-            return ProviderRefused(f"PawaPay refused the request ({code or status})", **kwargs)
-        return ProviderResponseInvalid(f"unexpected PawaPay answer {status}", **kwargs)
+        # 401/403: a static token (or, with HTTP_SIGNATURE_ERROR, our signature): nothing
+        # was processed.
+        return error_for(
+            NAME,
+            "PawaPay",
+            response,
+            reference=reference,
+            code=failure_code(response.body),
+            sends_money=sends_money,
+        )
 
 
 # -- request signing (RFC 9421) ----------------------------------------------------------------
