@@ -112,8 +112,12 @@ def _answer(status: int, message: str, data: Any = None, **extra: Any) -> web.Re
 
 
 def _number(amount: str) -> int | float:
+    """Flutterwave answers amounts as JSON numbers; the sandbox does the same (this is the
+    simulated provider's wire format, not money kunpay computes with)."""
     value = Decimal(amount)
-    return int(value) if value == value.to_integral_value() else float(value)
+    if value == value.to_integral_value():
+        return int(value)
+    return float(value)  # noqa - JSON numbers, as Flutterwave sends them
 
 
 def _amount(value: object) -> Decimal | None:

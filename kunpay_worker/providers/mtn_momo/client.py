@@ -395,7 +395,7 @@ class MtnMomoClient(BackendBase):
             raise ProviderNotReached(
                 f"unreadable MTN MoMo token answer: {exc}", provider=NAME, http_status=200
             ) from exc
-        return parsed.access_token, float(parsed.expires_in)
+        return parsed.access_token, parsed.expires_in
 
 
 def _error_code(response: HttpResponse) -> str | None:

@@ -387,7 +387,7 @@ class OrangeMpClient(BackendBase):
             raise ProviderNotReached(
                 f"unreadable Orange token answer: {exc}", provider=NAME, http_status=200
             ) from exc
-        return parsed.access_token, float(parsed.expires_in)
+        return parsed.access_token, parsed.expires_in
 
 
 def _only_collections(request: MoneyRequest) -> None:
