@@ -117,7 +117,7 @@ def _number(amount: str) -> int | float:
     value = Decimal(amount)
     if value == value.to_integral_value():
         return int(value)
-    return float(value)  # noqa - JSON numbers, as Flutterwave sends them
+    return float(value)
 
 
 def _amount(value: object) -> Decimal | None:
