@@ -75,6 +75,10 @@ class PawapaySettings(BaseModel):
     # (PEM) and the key id PawaPay knows it by.
     signing_key: SecretStr | None = None
     signing_key_id: str | None = None
+    # Accept only callbacks signed by PawaPay (RFC 9421), checked with PawaPay's public key:
+    # fetched from GET /v2/public-key/http unless pinned here (PEM).
+    verify_callbacks: bool = False
+    callback_public_key: SecretStr | None = None
 
     _currencies = field_validator("currencies")(_known_currencies)
 
@@ -88,6 +92,9 @@ class FlutterwaveSettings(BaseModel):
     customer_email: str | None = None
     # Network names Flutterwave expects per operator.
     networks: dict[str, str] = {"MTN": "MTN", "ORANGE": "ORANGE"}
+    # The dashboard's "secret hash": webhooks must carry it (verif-hash) or sign with it
+    # (flutterwave-signature). Unset: every webhook is refused.
+    webhook_secret_hash: SecretStr | None = None
 
     _currencies = field_validator("currencies")(_known_currencies)
 
@@ -120,6 +127,37 @@ class HttpSettings(BaseModel):
 
     total_timeout: float = Field(30.0, gt=0)
     connect_timeout: float = Field(5.0, gt=0)
+    # Calls in flight per backend at most; the rest wait their turn.
+    max_concurrent_calls: int = Field(32, ge=1)
+    # Circuit breaker per backend: after this many calls in a row that got no usable answer
+    # (timeouts, 5xx, refused connections), stop calling it for cooldown seconds, then let one
+    # probe through.
+    breaker_failures: int = Field(5, ge=1)
+    breaker_cooldown: float = Field(30.0, gt=0)
+
+
+class ServerSettings(BaseModel):
+    """The worker's HTTP server: provider callbacks, /healthz, /readyz."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - it runs in a container behind a load balancer
+    port: int = Field(8080, ge=0, le=65535)
+    # Callback bodies larger than this are refused (413).
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    # A callback triggers at most one provider check per transaction per window (seconds).
+    coalesce_window: float = Field(5.0, ge=0)
+
+
+class JanitorSettings(BaseModel):
+    """The sweep that re-schedules overdue checks (lost poll messages, spent schedules)."""
+
+    sweep_interval: float = Field(60.0, gt=0)
+    # next_poll_at this far in the past counts as overdue (a check in flight is not).
+    grace: float = Field(60.0, ge=0)
+    # A PENDING transaction older than this is given up on: flagged stale, no more checks.
+    max_age: float = Field(72 * 3600, gt=0)
+    # How long one worker holds the sweep before another may take it.
+    lease: float = Field(120.0, gt=0)
+    batch: int = Field(500, ge=1)
 
 
 class PollSettings(BaseModel):
@@ -157,6 +195,8 @@ class Settings(BaseSettings):
     orange_mp: OrangeMpSettings = OrangeMpSettings()
     http: HttpSettings = HttpSettings()
     poll: PollSettings = PollSettings()
+    server: ServerSettings = ServerSettings()
+    janitor: JanitorSettings = JanitorSettings()
 
     # Also accept MTN's sandbox test numbers and EUR (only for MTN's own sandbox).
     accept_sandbox_numbers: bool = False

@@ -21,6 +21,7 @@ import aiohttp
 from kunpay_sdk.contracts import TransactionType
 
 if TYPE_CHECKING:
+    from kunpay_worker.providers.http import CircuitBreaker, ProviderHttp
     from kunpay_worker.settings import Settings
 
 __all__ = [
@@ -209,6 +210,15 @@ class Backend(Protocol):
 
     async def account_holder(self, msisdn: str, operator: str) -> AccountHolder: ...
 
+    def limit(self, *, max_concurrent: int, breaker: CircuitBreaker | None) -> None:
+        """Bound its calls in flight and guard them with a circuit breaker."""
+        ...
+
+    @property
+    def circuit(self) -> str:
+        """The circuit breaker's state: closed, open or half-open."""
+        ...
+
 
 class BackendBase:
     """Defaults for what a backend does not do; capabilities keep the engine from asking."""
@@ -217,6 +227,15 @@ class BackendBase:
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
     operators: ClassVar[frozenset[str]] = frozenset()
     needs_prepare: ClassVar[bool] = False
+    _http: ProviderHttp
+
+    def limit(self, *, max_concurrent: int, breaker: CircuitBreaker | None) -> None:
+        self._http.limit(max_concurrent=max_concurrent, breaker=breaker)
+
+    @property
+    def circuit(self) -> str:
+        breaker = self._http.breaker
+        return breaker.state if breaker is not None else "closed"
 
     @classmethod
     def available(cls, settings: Settings) -> frozenset[Capability]:

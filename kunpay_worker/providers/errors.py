@@ -7,6 +7,7 @@ ProviderError                      provider, http_status, provider_code, referen
 │       │                          refused, token failure, 401, 429): safe to send again
 │       ├── ProviderAuthFailed     credentials refused even after a token refresh
 │       └── ProviderThrottled      429; ``retry_after`` seconds when the provider said
+│           └── ProviderCircuitOpen  kept failing: calls paused for a while, nothing sent
 ├── ProviderRefused                the provider answered no: final (``provider_code`` = reason)
 └── ProviderResponseInvalid        an answer we cannot read. For a money request the outcome
                                    is UNKNOWN, like ProviderUnavailable
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 __all__ = [
     "ProviderAuthFailed",
+    "ProviderCircuitOpen",
     "ProviderError",
     "ProviderNotReached",
     "ProviderRefused",
@@ -66,6 +68,10 @@ class ProviderThrottled(ProviderNotReached):
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.retry_after = retry_after
+
+
+class ProviderCircuitOpen(ProviderThrottled):
+    pass
 
 
 class ProviderRefused(ProviderError):

@@ -15,6 +15,7 @@ import aiohttp
 from kunpay_worker.providers.base import AttemptRecord, AttemptRecorder, mask_payload, mask_text
 from kunpay_worker.providers.errors import (
     ProviderAuthFailed,
+    ProviderCircuitOpen,
     ProviderError,
     ProviderNotReached,
     ProviderRefused,
@@ -23,7 +24,14 @@ from kunpay_worker.providers.errors import (
     ProviderUnavailable,
 )
 
-__all__ = ["HttpResponse", "ProviderHttp", "TokenCache", "error_for", "retry_after"]
+__all__ = [
+    "CircuitBreaker",
+    "HttpResponse",
+    "ProviderHttp",
+    "TokenCache",
+    "error_for",
+    "retry_after",
+]
 
 MAX_BODY_LOGGED = 4000
 
@@ -61,6 +69,14 @@ class ProviderHttp:
         self._session = session
         self._timeout = timeout
         self._recorder = recorder
+        self._slots: asyncio.Semaphore | None = None
+        self.breaker: CircuitBreaker | None = None
+
+    def limit(self, *, max_concurrent: int, breaker: CircuitBreaker | None) -> None:
+        """At most ``max_concurrent`` calls in flight; ``breaker`` stops calls to a failing
+        provider."""
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self.breaker = breaker
 
     async def request(
         self,
@@ -77,7 +93,37 @@ class ProviderHttp:
         sends_money: bool = False,
     ) -> HttpResponse:
         """One HTTP exchange. Raises ProviderNotReached when the connection could not be made
-        (nothing was sent), ProviderUnavailable for anything after that (timeout, reset)."""
+        (nothing was sent; also while the circuit is open), ProviderUnavailable for anything after
+        that (timeout, reset)."""
+        if self.breaker is not None:
+            self.breaker.before_call()
+        if self._slots is None:
+            return await self._request(
+                method, path, operation=operation, transaction_id=transaction_id,
+                headers=headers, json_body=json_body, form=form, params=params,
+                raw_body=raw_body, sends_money=sends_money,
+            )  # fmt: skip
+        async with self._slots:
+            return await self._request(
+                method, path, operation=operation, transaction_id=transaction_id,
+                headers=headers, json_body=json_body, form=form, params=params,
+                raw_body=raw_body, sends_money=sends_money,
+            )  # fmt: skip
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        transaction_id: str | None,
+        headers: Mapping[str, str] | None,
+        json_body: Any,
+        form: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+        raw_body: bytes | None,
+        sends_money: bool,
+    ) -> HttpResponse:
         url = path if path.startswith("http") else self.base_url + path
         started = time.perf_counter()
         status: int | None = None
@@ -95,14 +141,20 @@ class ProviderHttp:
             ) as resp:
                 status = resp.status
                 raw = await resp.read()
+                if self.breaker is not None:
+                    self.breaker.record(ok=status < 500)
                 return HttpResponse(status, raw, resp.headers)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"
+            if self.breaker is not None:
+                self.breaker.record(ok=False)
             raise ProviderNotReached(
                 f"could not connect to {self.provider} ({error})", provider=self.provider
             ) from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if self.breaker is not None:
+                self.breaker.record(ok=False)
             what = "outcome unknown" if sends_money else "no answer"
             raise ProviderUnavailable(
                 f"{self.provider} call failed, {what} ({error})", provider=self.provider
@@ -128,6 +180,62 @@ class ProviderHttp:
                         duration_ms=round((time.perf_counter() - started) * 1000),
                     )
                 )
+
+
+class CircuitBreaker:
+    """Stops calling a provider that keeps failing, and probes it again later.
+
+    ``closed``: calls go through; ``failures`` calls in a row without a usable answer open it.
+    ``open``: calls fail at once with ProviderCircuitOpen (nothing is sent) until ``cooldown``
+    has passed; then ``half-open``: one probe call goes through, and its outcome closes or
+    re-opens the circuit.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        *,
+        failures: int,
+        cooldown: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.provider = provider
+        self._threshold = failures
+        self._cooldown = cooldown
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._probing = False
+
+    @property
+    def state(self) -> str:
+        if self._opened_at is None:
+            return "closed"
+        if self._clock() - self._opened_at < self._cooldown or self._probing:
+            return "open"
+        return "half-open"
+
+    def before_call(self) -> None:
+        if self._opened_at is None:
+            return
+        waited = self._clock() - self._opened_at
+        if waited < self._cooldown or self._probing:
+            raise ProviderCircuitOpen(
+                f"{self.provider} is failing; calls paused (circuit open)",
+                provider=self.provider,
+                retry_after=max(self._cooldown - waited, 1.0),
+            )
+        self._probing = True  # half-open: this call is the probe
+
+    def record(self, *, ok: bool) -> None:
+        if ok:
+            self._failures = 0
+            self._opened_at = None
+        else:
+            self._failures += 1
+            if self._probing or self._failures >= self._threshold:
+                self._opened_at = self._clock()
+        self._probing = False
 
 
 class TokenCache:

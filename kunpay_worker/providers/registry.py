@@ -6,6 +6,7 @@ import aiohttp
 
 from kunpay_worker.providers.base import AttemptRecorder, Backend, Capability
 from kunpay_worker.providers.flutterwave.client import FlutterwaveClient
+from kunpay_worker.providers.http import CircuitBreaker
 from kunpay_worker.providers.mtn_momo.client import MtnMomoClient
 from kunpay_worker.providers.orange_mp.client import OrangeMpClient
 from kunpay_worker.providers.pawapay.client import PawapayClient
@@ -37,10 +38,21 @@ def build_backends(
     timeout = aiohttp.ClientTimeout(
         total=settings.http.total_timeout, connect=settings.http.connect_timeout
     )
-    return {
-        name: BACKENDS[name].from_settings(settings, session, timeout=timeout, recorder=recorder)
-        for name in sorted(settings.enabled_backends())
-    }
+    backends: dict[str, Backend] = {}
+    for name in sorted(settings.enabled_backends()):
+        backend = BACKENDS[name].from_settings(
+            settings, session, timeout=timeout, recorder=recorder
+        )
+        backend.limit(
+            max_concurrent=settings.http.max_concurrent_calls,
+            breaker=CircuitBreaker(
+                name,
+                failures=settings.http.breaker_failures,
+                cooldown=settings.http.breaker_cooldown,
+            ),
+        )
+        backends[name] = backend
+    return backends
 
 
 def configuration_problems(settings: Settings) -> list[str]:

@@ -39,6 +39,9 @@ class SandboxConfig:
     pawapay_callback_url: str | None = None
     # The bearer token the PawaPay simulator requires (None: any token).
     pawapay_api_token: str | None = None
+    # Sign PawaPay callbacks (RFC 9421) with the simulator's own key, published on
+    # GET /v2/public-key/http, as PawaPay does when signed callbacks are enabled.
+    pawapay_sign_callbacks: bool = False
     flutterwave_webhook_url: str | None = None
     # Flutterwave's dashboard "secret hash": sent as verif-hash and used for
     # flutterwave-signature (HMAC-SHA256 of the body, base64).

@@ -106,6 +106,11 @@ class Transaction(Model):
     # Checks of a FAILED collection for a provider's late success.
     late_checks = fields.IntField(default=0, db_default=0)
     next_poll_at = fields.DatetimeField(null=True, db_index=True)
+    # When a provider callback last triggered a check (callbacks within the coalescing window
+    # after it trigger nothing more).
+    hint_at = fields.DatetimeField(null=True)
+    # Still PENDING after the janitor's max age: no more checks until an operator resolves it.
+    stale = fields.BooleanField(default=False, db_default=False, db_index=True)
     # Events: the last sequence number used for this transaction's events.
     event_seq = fields.IntField(default=0)
     # Fees (payment types) and refunds.
@@ -222,6 +227,17 @@ class InboxCommand(Model):
 
     class Meta:
         table = "inbox"
+
+
+class Lease(Model):
+    """A named lease that one worker holds at a time (the sweep of the janitor)."""
+
+    name = fields.CharField(max_length=100, primary_key=True)
+    holder = fields.CharField(max_length=64)
+    expires_at = fields.DatetimeField()
+
+    class Meta:
+        table = "leases"
 
 
 class DeadLetter(Model):
