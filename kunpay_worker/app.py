@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiohttp
 import structlog
 from aio_pika.abc import AbstractRobustConnection
+from aiohttp import web
+from tortoise import Tortoise
 
 from kunpay_sdk import topology
 from kunpay_worker.domain.schedule import to_ms
 from kunpay_worker.engine import Engine
 from kunpay_worker.handlers import handle_command
 from kunpay_worker.handlers.rpc import Answers, handle_rpc
+from kunpay_worker.janitor import Janitor
 from kunpay_worker.messaging import Dispatcher, Publisher, can_impersonate
 from kunpay_worker.outbox import OutboxRelay
 from kunpay_worker.polling import handle_poll
+from kunpay_worker.providers.pawapay.callbacks import CallbackVerifier
+from kunpay_worker.providers.pawapay.client import PawapayClient
 from kunpay_worker.providers.registry import build_backends, configuration_problems
 from kunpay_worker.settings import Settings
 from kunpay_worker.storage import db
 from kunpay_worker.storage import repository as repo
+from kunpay_worker.webhooks import Webhooks
 
 __all__ = ["ConfigurationError", "Worker", "broker_topology", "declare_topology"]
 
@@ -171,11 +178,15 @@ class Worker:
                 ),
             ]
             relay.notify()  # rows a previous process left behind
+            janitor = Janitor(settings.janitor, engine.plan, relay.notify)
+            janitor_task = asyncio.create_task(janitor.run(relay_stop), name="janitor")
+            server = await self._start_server(connection, publisher, engine)
             log.info(
                 "worker ready",
                 providers=settings.providers,
                 prefetch=settings.prefetch,
                 poll_delays=settings.poll.delays,
+                http_port=server.addresses[0][1] if server.addresses else None,
             )
             self.ready.set()
             await stop.wait()
@@ -188,12 +199,50 @@ class Worker:
                     log.warning("could not cancel a consumer", queue=queue.name)
             if not await dispatcher.wait_idle(settings.shutdown_grace):
                 log.warning("grace period over with work in flight; it will be redelivered")
+            await server.cleanup()
             relay_stop.set()
             relay.notify()
             await relay_task
+            await janitor_task
             try:
                 await relay.drain()
             except Exception:  # noqa: BLE001
                 log.warning("outbox not fully flushed; the next worker publishes the rest")
             await consume.close()
         log.info("worker stopped")
+
+    async def _start_server(
+        self, connection: AbstractRobustConnection, publisher: Publisher, engine: Engine
+    ) -> web.AppRunner:
+        """The HTTP server: provider callbacks, /healthz, /readyz."""
+        settings = self.settings
+
+        async def readiness() -> tuple[bool, dict[str, Any]]:
+            try:
+                async with asyncio.timeout(2):
+                    await Tortoise.get_connection("default").execute_query("SELECT 1")
+                database = True
+            except Exception:  # noqa: BLE001 - any failure means not ready
+                database = False
+            broker = not connection.is_closed
+            circuits = {name: backend.circuit for name, backend in engine.backends.items()}
+            return database and broker, {
+                "database": database,
+                "broker": broker,
+                "providers": circuits,
+            }
+
+        verifier = None
+        pawapay = engine.backends.get("PAWAPAY")
+        if settings.pawapay.verify_callbacks and isinstance(pawapay, PawapayClient):
+            pinned = settings.pawapay.callback_public_key
+            verifier = CallbackVerifier(
+                pawapay, pinned_public_key=pinned.get_secret_value() if pinned else None
+            )
+        webhooks = Webhooks(settings, publisher, readiness, verifier)
+        runner = web.AppRunner(webhooks.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.server.host, settings.server.port)
+        await site.start()
+        log.info("http server listening", addresses=[list(a) for a in runner.addresses])
+        return runner

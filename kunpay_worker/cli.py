@@ -34,6 +34,16 @@ def _payment_types() -> typer.Typer:
 
 
 app.add_typer(_payment_types(), name="payment-types")
+
+
+def _operator_commands() -> None:
+    from kunpay_worker.operator import pending, resolve
+
+    app.command()(pending)
+    app.command()(resolve)
+
+
+_operator_commands()
 log = structlog.get_logger("kunpay.cli")
 
 
@@ -117,6 +127,10 @@ def sandbox(
     pawapay_callback_url: Annotated[
         str | None, typer.Option(help="Where PawaPay callbacks go (set on the account).")
     ] = None,
+    pawapay_sign_callbacks: Annotated[
+        bool,
+        typer.Option(help="Sign PawaPay callbacks (RFC 9421) with a key served on the key API."),
+    ] = False,
     flutterwave_webhook_url: Annotated[
         str | None, typer.Option(help="Where Flutterwave webhooks go (set on the account).")
     ] = None,
@@ -141,6 +155,7 @@ def sandbox(
             callback_method=callback_method.upper(),
             balance=balance,
             pawapay_callback_url=pawapay_callback_url,
+            pawapay_sign_callbacks=pawapay_sign_callbacks,
             flutterwave_webhook_url=flutterwave_webhook_url,
             flutterwave_secret_hash=flutterwave_secret_hash,
         )

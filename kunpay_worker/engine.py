@@ -85,6 +85,7 @@ class Engine:
         if tx is None or tx.poll_seq != poll_seq:
             log.debug("stale poll dropped", transaction_id=str(tx_id), poll_seq=poll_seq)
             return
+        log.debug("checking", transaction_id=str(tx_id), poll_seq=poll_seq)
         if tx.status is Status.FAILED:
             await self._late_check(tx, poll_seq)
             return
@@ -122,6 +123,20 @@ class Engine:
             ):
                 self.notify()
         return await repo.load(tx_id)
+
+    async def check_now(self, tx_id: uuid.UUID) -> None:
+        """A provider's callback said something happened: ask the provider (the callback is
+        only a hint) and apply a final answer. The poll chain goes on regardless."""
+        try:
+            tx = await self.verify(tx_id)
+        except ProviderError as exc:
+            log.warning("check on a callback failed", transaction_id=str(tx_id), error=str(exc))
+            return
+        log.info(
+            "checked on a callback",
+            transaction_id=str(tx_id),
+            status=str(tx.status) if tx is not None else None,
+        )
 
     async def recheck_before_retry(self, tx_id: uuid.UUID) -> None:
         """A retry is about to be taken in: ask the provider about the FAILED original first
@@ -357,6 +372,7 @@ class Engine:
                 status=str(event.transaction.status) if event.transaction else None,
                 reason=event.reason,
             )
+        log.debug("check recorded", transaction_id=str(tx.id), poll_seq=poll_seq)
         self.notify()
 
     async def _ensure_check(self, tx: Transaction) -> None:
@@ -378,7 +394,10 @@ class Engine:
         if not base or tx.backend is None:
             return None
         path = CALLBACK_PATHS.get((tx.backend, tx.type))
-        return f"{base.rstrip('/')}{path}" if path else None
+        if path is None:
+            return None
+        # The reference rides in the URL: MTN's callback body may not name it.
+        return f"{base.rstrip('/')}{path}?reference={tx.provider_reference}"
 
 
 # The webhook paths (the old package's), per backend and transaction type.

@@ -8,6 +8,7 @@ poll chain never forks.
 from __future__ import annotations
 
 import uuid
+from typing import Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict
@@ -20,10 +21,14 @@ __all__ = ["PollMessage", "handle_poll"]
 
 
 class PollMessage(BaseModel):
+    """A scheduled check (with the ``poll_seq`` it was scheduled with), or a check a provider
+    callback asked for (``check="now"``, no place in the poll chain)."""
+
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     transaction_id: uuid.UUID
-    poll_seq: int
+    poll_seq: int | None = None
+    check: Literal["now"] | None = None
 
 
 async def handle_poll(delivery: Delivery, *, engine: Engine) -> None:
@@ -31,11 +36,16 @@ async def handle_poll(delivery: Delivery, *, engine: Engine) -> None:
         poll = PollMessage.model_validate_json(delivery.message.body)
     except PydanticValidationError as exc:
         raise Reject("malformed", str(exc)[:1000]) from exc
+    if poll.check is None and poll.poll_seq is None:
+        raise Reject("malformed", "a poll message needs poll_seq or check")
     structlog.contextvars.bind_contextvars(
         transaction_id=str(poll.transaction_id), poll_seq=poll.poll_seq, attempt=delivery.attempt
     )
     try:
-        await engine.check(poll.transaction_id, poll.poll_seq)
+        if poll.check == "now":
+            await engine.check_now(poll.transaction_id)
+        elif poll.poll_seq is not None:
+            await engine.check(poll.transaction_id, poll.poll_seq)
     except Exception as exc:
         # A lost poll strands a PENDING transaction: retry it, however long.
         raise Retry(f"{type(exc).__name__}: {exc}", keep_trying=True) from exc

@@ -123,7 +123,10 @@ demo() {
   export KUNPAY_MTN_MOMO__BASE_URL="http://127.0.0.1:$SANDBOX_PORT"
   say "applying migrations and declaring the topology"
   "$VENV/bin/kunpay-worker" migrate
-  start_bg sandbox "$VENV/bin/kunpay-worker" sandbox --port "$SANDBOX_PORT"
+  start_bg sandbox "$VENV/bin/kunpay-worker" sandbox --port "$SANDBOX_PORT" \
+    --pawapay-callback-url "$KUNPAY_PUBLIC_BASE_URL/payments/pawapay/webhook/" --pawapay-sign-callbacks \
+    --flutterwave-webhook-url "$KUNPAY_PUBLIC_BASE_URL/payments/flutterwave/webhook/" \
+    --flutterwave-secret-hash "$KUNPAY_FLUTTERWAVE__WEBHOOK_SECRET_HASH"
   start_bg worker "$VENV/bin/kunpay-worker" run
   say "running examples/collect.py"
   if ! "$VENV/bin/python" examples/collect.py "$KUNPAY_AMQP_URL"; then

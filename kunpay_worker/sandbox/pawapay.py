@@ -42,6 +42,14 @@ Generic failures become PawaPay failure codes:
 
 Statuses: ``ACCEPTED`` until ``settle_seconds`` pass, then ``PROCESSING`` while pending,
 ``COMPLETED`` (with ``providerTransactionId``) or ``FAILED`` (with ``failureReason``).
+
+Signed callbacks: with ``SandboxConfig.pawapay_sign_callbacks`` the simulator makes one EC P-256
+key when it starts, lists its public half on ``GET /v2/public-key/http`` (``[{"id", "key"}]``,
+bearer token required) and signs every callback as PawaPay does (RFC 9421): ``Content-Digest``
+(sha-512), ``Signature-Date``, ``Signature-Input`` and ``Signature`` under the label ``sig-pp``,
+covering ``"@method" "@authority" "@path" "signature-date" "content-digest" "content-type"`` with
+``alg``, ``keyid``, ``created`` and ``expires`` (DER-encoded ECDSA, like PawaPay's examples).
+Without it the key list is empty and callbacks are unsigned.
 """
 
 from __future__ import annotations
@@ -51,20 +59,34 @@ import hashlib
 import hmac
 import json
 import re
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
+import structlog
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from kunpay_sdk.errors import ValidationError
 from kunpay_sdk.msisdn import parse_msisdn
+from kunpay_worker.providers.pawapay.client import RequestSigner
 from kunpay_worker.sandbox.common import Kind, Outcome, SandboxConfig, SimPayment, Simulator
 from kunpay_worker.sandbox.scenarios import scenario_for
 
-__all__ = ["FAILURE_CODES", "PawapaySandbox"]
+__all__ = ["CALLBACK_KEY_ID", "FAILURE_CODES", "PawapaySandbox"]
+
+log = structlog.get_logger("kunpay.sandbox")
+
+# The id the simulator's callback-signing key is listed under (PawaPay's look like
+# "HTTP_EC_P256_KEY:1").
+CALLBACK_KEY_ID = "SANDBOX_HTTP_EC_P256_KEY:1"
+_JSON = "application/json"
 
 # Generic failure (scenarios.py, after the base's payout renaming) → PawaPay failureCode.
 FAILURE_CODES: dict[str, str] = {
@@ -161,6 +183,7 @@ class PawapaySandbox(Simulator):
         api_token: str | None = None,
         min_amount: Decimal = Decimal(1),
         max_amount: Decimal = Decimal(5_000_000),
+        wall_clock: Callable[[], float] = time.time,
         **kwargs: Any,
     ) -> None:
         super().__init__(config, **kwargs)
@@ -168,6 +191,26 @@ class PawapaySandbox(Simulator):
         self.api_token = api_token
         self.min_amount = min_amount
         self.max_amount = max_amount
+        # Signed callbacks: one key per run, its public half served on /v2/public-key/http.
+        self.callback_signer: RequestSigner | None = None
+        self.callback_public_key: str | None = None
+        if config.pawapay_sign_callbacks:
+            key = ec.generate_private_key(ec.SECP256R1())
+            private_pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode()
+            self.callback_signer = RequestSigner.from_pem(
+                private_pem, CALLBACK_KEY_ID, clock=wall_clock
+            )
+            self.callback_public_key = (
+                key.public_key()
+                .public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+                .decode()
+            )
 
     def routes(self) -> list[web.RouteDef]:
         routes: list[web.RouteDef] = []
@@ -178,6 +221,7 @@ class PawapaySandbox(Simulator):
             ]
         routes += [
             web.post("/v2/predict-provider", self.predict_provider),
+            web.get("/v2/public-key/http", self.public_keys),
             *self.control_routes("/_sandbox/pawapay"),
         ]
         return routes
@@ -450,6 +494,53 @@ class PawapaySandbox(Simulator):
             return web.json_response({"status": "FOUND", "data": self.status_data(payment)})
 
         return status
+
+    # -- signed callbacks --------------------------------------------------------------------
+
+    async def public_keys(self, request: web.Request) -> web.Response:
+        """The keys callbacks are signed with: ``[{"id", "key" (PEM)}]``, empty when callbacks
+        are not signed."""
+        denied = self._check_auth(request)
+        if denied is not None:
+            return denied
+        keys = []
+        if self.callback_public_key is not None:
+            keys.append({"id": CALLBACK_KEY_ID, "key": self.callback_public_key})
+        return web.json_response(keys)
+
+    async def _callback(
+        self, payment: SimPayment, callback: Callable[[SimPayment], tuple[str, Any]]
+    ) -> None:
+        if self.callback_signer is None:
+            await super()._callback(payment, callback)
+            return
+        assert payment.callback_url is not None  # noqa: S101 - checked by register()
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=10, connect=5)
+            )
+        method, body = callback(payment)
+        # Serialised once: the signature covers these exact bytes.
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        headers = {"Content-Type": _JSON}
+        headers.update(
+            self.callback_signer.headers(method, payment.callback_url, raw, content_type=_JSON)
+        )
+        try:
+            async with self._session.request(
+                method, payment.callback_url, data=raw, headers=headers
+            ) as resp:
+                log.info(
+                    "callback sent",
+                    provider=self.name,
+                    reference=payment.reference,
+                    status=resp.status,
+                    signed=True,
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info(
+                "callback failed", provider=self.name, reference=payment.reference, error=repr(exc)
+            )
 
     # -- toolkit -----------------------------------------------------------------------------
 

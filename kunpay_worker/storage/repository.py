@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
+from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
@@ -34,6 +35,7 @@ from kunpay_worker.domain.schedule import next_poll_delay, tier_for, to_ms
 from kunpay_worker.providers.base import AttemptRecord
 from kunpay_worker.storage.models import (
     Initiation,
+    Lease,
     OutboxKind,
     OutboxMessage,
     PaymentType,
@@ -152,6 +154,7 @@ async def set_status(
     *,
     actor: str = "worker",
     command_id: uuid.UUID | None = None,
+    manual_refund_id: str | None = None,
     **changes: Any,
 ) -> Event | None:
     """Inside a DB transaction, with ``tx`` locked: compare-and-set ``tx.status`` to ``new``,
@@ -173,7 +176,7 @@ async def set_status(
     original: Transaction | None = None
     refund_id: str | None = None
     if tx.type is TransactionType.REFUND and current is not None and plan.current != plan.new:
-        original, refund_id = await _settle_refund(tx, new, reason, now)
+        original, refund_id = await _settle_refund(tx, new, reason, now, manual_refund_id)
     event: Event | None = None
     if plan.event is not None:
         event = await _emit(
@@ -204,7 +207,11 @@ async def set_status(
 
 
 async def _settle_refund(
-    refund: Transaction, new: Status, reason: str | None, now: datetime
+    refund: Transaction,
+    new: Status,
+    reason: str | None,
+    now: datetime,
+    manual_refund_id: str | None = None,
 ) -> tuple[Transaction, str | None]:
     """A refund completed or failed: move its amount out of the original's reservation, into
     ``amount_refunded`` on success, and move the original to REFUNDED (all refunded) or
@@ -223,13 +230,21 @@ async def _settle_refund(
             amount_reserved=reserved, amount_refunded=refunded, updated_at=now
         )
         original.amount_reserved, original.amount_refunded = reserved, refunded
-        refund_id = (
-            refund.provider_transaction_id or refund.provider_handle or refund.provider_reference
-        )
         # Exactly one of the provider's and a manual refund id.
-        await Refund.filter(transaction_id=refund.id).update(
-            provider_refund_id=refund_id, manual_refund_id=None
-        )
+        if manual_refund_id is not None:
+            refund_id = manual_refund_id
+            await Refund.filter(transaction_id=refund.id).update(
+                provider_refund_id=None, manual_refund_id=manual_refund_id
+            )
+        else:
+            refund_id = (
+                refund.provider_transaction_id
+                or refund.provider_handle
+                or refund.provider_reference
+            )
+            await Refund.filter(transaction_id=refund.id).update(
+                provider_refund_id=refund_id, manual_refund_id=None
+            )
         if refunded >= original.amount:
             await set_status(original, Status.REFUNDED, None, now)
     elif refund.needs_reconciliation:
@@ -318,11 +333,16 @@ async def claim_send(
 
 
 def _poll_message(tx: Transaction, delay: float, plan: PollPlan, now: datetime) -> OutboxMessage:
-    tier = tier_for(to_ms(delay), plan.tiers_ms)
+    # No delay: straight to the poll queue (the janitor's checks are due now).
+    routing_key = (
+        topology.POLL_QUEUE
+        if delay <= 0
+        else topology.delay_queue("poll", tier_for(to_ms(delay), plan.tiers_ms))
+    )
     return OutboxMessage(
         kind=OutboxKind.MESSAGE,
         exchange="",
-        routing_key=topology.delay_queue("poll", tier),
+        routing_key=routing_key,
         body=json.dumps({"transaction_id": str(tx.id), "poll_seq": tx.poll_seq}),
         headers={"transaction_id": str(tx.id), "poll_seq": tx.poll_seq},
         message_type="poll",
@@ -638,6 +658,154 @@ def _late_changes(tx: Transaction, observation: Observation) -> dict[str, Any]:
     if observation.handle and tx.provider_handle is None:
         changes["provider_handle"] = observation.handle
     return changes
+
+
+# -- callbacks ------------------------------------------------------------------------------
+
+
+async def find_for_callback(
+    backend: str,
+    *,
+    reference: str | None = None,
+    handle: str | None = None,
+    transaction_id: uuid.UUID | None = None,
+) -> Transaction | None:
+    """The transaction a provider's callback is about: by our provider reference, the
+    provider's own id, or our transaction id — and only one of this backend's."""
+    tx: Transaction | None = None
+    if reference:
+        tx = await Transaction.get_or_none(provider_reference=reference)
+    if tx is None and handle:
+        tx = await Transaction.filter(provider_handle=handle, backend=backend).first()
+    if tx is None and transaction_id is not None:
+        tx = await Transaction.get_or_none(id=transaction_id)
+    if tx is None or tx.backend != backend:
+        return None
+    return tx
+
+
+async def claim_hint(tx_id: uuid.UUID, window: float) -> datetime | None:
+    """Coalesce callbacks: the time of this hint when it should trigger a check, None when
+    another one did within ``window`` seconds."""
+    now = utcnow()
+    updated = await Transaction.filter(
+        Q(id=tx_id) & (Q(hint_at__isnull=True) | Q(hint_at__lt=now - timedelta(seconds=window)))
+    ).update(hint_at=now)
+    return now if updated == 1 else None
+
+
+async def release_hint(tx_id: uuid.UUID, at: datetime) -> None:
+    """The check could not be queued: let the provider's retry trigger one."""
+    await Transaction.filter(id=tx_id, hint_at=at).update(hint_at=None)
+
+
+# -- the janitor ------------------------------------------------------------------------------
+
+
+async def acquire_lease(name: str, holder: str, seconds: float) -> bool:
+    """Take or renew the named lease for ``seconds``; False while another holder has it."""
+    now = utcnow()
+    until = now + timedelta(seconds=seconds)
+    updated = await Lease.filter(Q(name=name) & (Q(expires_at__lt=now) | Q(holder=holder))).update(
+        holder=holder, expires_at=until
+    )
+    if updated == 1:
+        return True
+    try:
+        await Lease.create(name=name, holder=holder, expires_at=until)
+    except IntegrityError:
+        return False
+    return True
+
+
+async def overdue(grace: float, limit: int) -> list[uuid.UUID]:
+    """PENDING transactions whose next check is overdue (lost poll messages, spent
+    schedules), oldest first."""
+    cutoff = utcnow() - timedelta(seconds=grace)
+    rows = (
+        await Transaction.filter(status=Status.PENDING, stale=False, next_poll_at__lt=cutoff)
+        .order_by("next_poll_at")
+        .limit(limit)
+        .only("id")
+    )
+    return [row.id for row in rows]
+
+
+async def reschedule_overdue(
+    tx_id: uuid.UUID, *, grace: float, max_age: float, plan: PollPlan
+) -> str:
+    """One overdue transaction: check it now, or — past ``max_age`` — flag it stale and stop.
+    Returns "rescheduled", "stale" or "skipped" (it moved on meanwhile)."""
+    async with in_transaction():
+        tx = await lock(tx_id)
+        now = utcnow()
+        if (
+            tx is None
+            or tx.status is not Status.PENDING
+            or tx.stale
+            or tx.next_poll_at is None
+            or tx.next_poll_at >= now - timedelta(seconds=grace)
+        ):
+            return "skipped"
+        if tx.created_at < now - timedelta(seconds=max_age):
+            await Transaction.filter(id=tx_id).update(stale=True, next_poll_at=None, updated_at=now)
+            return "stale"
+        await _schedule_poll(tx, 0, plan, now)
+        return "rescheduled"
+
+
+# -- resolving by hand ------------------------------------------------------------------------
+
+
+class CannotResolve(ValueError):
+    pass
+
+
+async def resolve(
+    tx_id: uuid.UUID,
+    status: Status,
+    reason: str,
+    *,
+    actor: str,
+    manual_refund_id: str | None = None,
+) -> Event | None:
+    """An operator settles a PENDING transaction, or one whose outcome needs reconciliation,
+    as COMPLETED or FAILED: audited (actor and reason on the status row), with its event."""
+    if status not in (Status.COMPLETED, Status.FAILED):
+        raise CannotResolve("a transaction is resolved as COMPLETED or FAILED")
+    async with in_transaction():
+        tx = await lock(tx_id)
+        if tx is None:
+            raise CannotResolve(f"no transaction {tx_id}")
+        open_ = tx.status is Status.PENDING or (
+            tx.status is Status.FAILED and tx.needs_reconciliation
+        )
+        if not open_:
+            raise CannotResolve(
+                f"{tx_id} is {tx.status}: only PENDING transactions, or FAILED ones that need "
+                "reconciliation, are resolved by hand"
+            )
+        if manual_refund_id is not None and tx.type is not TransactionType.REFUND:
+            raise CannotResolve("a manual refund id is only for refunds")
+        now = utcnow()
+        audited = f"RESOLVED: {reason}"
+        changes: dict[str, Any] = {
+            "stale": False,
+            "next_poll_at": None,
+            "needs_reconciliation": False,
+            "send_lease_until": None,
+        }
+        if tx.status is Status.FAILED and status is Status.FAILED:
+            # Confirmed failed: a refund's reservation is released as for any failed refund.
+            await Transaction.filter(id=tx_id).update(needs_reconciliation=False)
+            tx.needs_reconciliation = False
+            event = await set_status(tx, Status.FAILED, audited, now, actor=actor, **changes)
+            if tx.type is TransactionType.REFUND:
+                await _settle_refund(tx, Status.FAILED, audited, now)
+            return event
+        return await set_status(
+            tx, status, audited, now, actor=actor, manual_refund_id=manual_refund_id, **changes
+        )
 
 
 async def load(tx_id: uuid.UUID) -> Transaction | None:

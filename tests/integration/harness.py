@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import uuid
@@ -29,6 +30,8 @@ from kunpay_worker.sandbox import SandboxConfig, build_app
 from kunpay_worker.sandbox.app import MTN_KEY, SIMULATORS_KEY
 from kunpay_worker.sandbox.common import Simulator
 from kunpay_worker.sandbox.mtn_momo import MtnSandbox
+
+FLUTTERWAVE_SECRET_HASH = "test-flutterwave-secret-hash"
 
 # A valid collect() call; tests override what they are about.
 GOOD: dict[str, Any] = {
@@ -72,6 +75,12 @@ WORKER_ENV = {
     "KUNPAY_ORANGE_MP__CHANNEL_USER_MSISDN": "691234567",
     "KUNPAY_ORANGE_MP__PIN": "2222",
     "KUNPAY_ORANGE_MP__RETRY_WAIT": "1",
+    "KUNPAY_FLUTTERWAVE__WEBHOOK_SECRET_HASH": "test-flutterwave-secret-hash",
+    "KUNPAY_PAWAPAY__VERIFY_CALLBACKS": "true",
+    "KUNPAY_SERVER__COALESCE_WINDOW": "1",
+    "KUNPAY_JANITOR__SWEEP_INTERVAL": "0.5",
+    "KUNPAY_JANITOR__GRACE": "0.5",
+    "KUNPAY_JANITOR__LEASE": "5",
     "KUNPAY_MTN_MOMO__CURRENCIES": '["XAF"]',
     "KUNPAY_MTN_MOMO__COLLECTION__SUBSCRIPTION_KEY": "test-subscription-key",
     "KUNPAY_MTN_MOMO__COLLECTION__API_USER": "8f2c9a51-0d3e-4e21-9b7a-2c5d6e7f8a90",
@@ -95,6 +104,13 @@ async def run(*cmd: str, env: dict[str, str] | None = None, timeout: float = 60)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out.decode()}")
     return out.decode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 # -- broker ------------------------------------------------------------------------------------
@@ -257,15 +273,29 @@ class Stack:
         self._runner: web.AppRunner | None = None
         self.mtn: MtnSandbox
         self.simulators: dict[str, Simulator] = {}
+        self.http_port = 0
+        self.extra_env: dict[str, str] = {}
 
     @classmethod
-    async def create(cls, kind: str, tmp: Path, *, settle_seconds: float = 0.2) -> Stack:
+    async def create(
+        cls, kind: str, tmp: Path, *, settle_seconds: float = 0.2, **worker_env: str
+    ) -> Stack:
         db = await Database.create(kind, tmp)
         vhost, url = await create_vhost()
         stack = cls(db, vhost, url)
+        stack.http_port = free_port()
+        stack.extra_env = worker_env
+        callbacks = f"http://127.0.0.1:{stack.http_port}"
         app = build_app(
             SandboxConfig(
-                settle_seconds=settle_seconds, slow_seconds=4, late_seconds=1.0, balance="1000000"
+                settle_seconds=settle_seconds,
+                slow_seconds=4,
+                late_seconds=1.0,
+                balance="1000000",
+                pawapay_callback_url=f"{callbacks}/payments/pawapay/webhook/",
+                pawapay_sign_callbacks=True,
+                flutterwave_webhook_url=f"{callbacks}/payments/flutterwave/webhook/",
+                flutterwave_secret_hash=FLUTTERWAVE_SECRET_HASH,
             )
         )
         stack.mtn = app[MTN_KEY]
@@ -289,7 +319,15 @@ class Stack:
             "KUNPAY_PAWAPAY__BASE_URL": self.sandbox_url,
             "KUNPAY_FLUTTERWAVE__BASE_URL": self.sandbox_url,
             "KUNPAY_ORANGE_MP__BASE_URL": self.sandbox_url,
+            "KUNPAY_SERVER__HOST": "127.0.0.1",
+            "KUNPAY_SERVER__PORT": str(self.http_port),
+            "KUNPAY_PUBLIC_BASE_URL": f"http://127.0.0.1:{self.http_port}",
+            **self.extra_env,
         }
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     async def migrate(self) -> None:
         await run(sys.executable, "-m", "kunpay_worker.cli", "migrate", env=self.env)

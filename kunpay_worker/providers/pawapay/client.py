@@ -17,14 +17,17 @@ produce them (RFC 9421 itself specifies raw r||s).
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
 import aiohttp
+from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -65,10 +68,13 @@ from kunpay_worker.providers.pawapay.transformers import (
 from kunpay_worker.settings import PawapaySettings, Settings
 
 __all__ = [
+    "DERIVED_COMPONENTS",
     "SIGNATURE_LABEL",
     "SIGNED_COMPONENTS",
     "PawapayClient",
     "RequestSigner",
+    "public_key_pem",
+    "signature_base",
 ]
 
 NAME = "PAWAPAY"
@@ -80,6 +86,7 @@ _ENDPOINTS: dict[TransactionType, tuple[str, str]] = {
     TransactionType.REFUND: ("/v2/refunds", "refund"),
 }
 _PREDICT_PROVIDER = "/v2/predict-provider"
+_PUBLIC_KEYS = "/v2/public-key/http"
 _JSON = "application/json"
 
 
@@ -252,6 +259,26 @@ class PawapayClient(BackendBase):
                 f"unreadable PawaPay provider prediction: {exc}", provider=NAME, http_status=200
             ) from exc
         return AccountHolder(active=None, operator=self._operators_by_code.get(predicted.provider))
+
+    # -- callback signatures -----------------------------------------------------------------
+
+    async def public_keys(self) -> dict[str, str]:
+        """PawaPay's public keys for signed callbacks (GET /v2/public-key/http): key id → PEM
+        (SubjectPublicKeyInfo). PawaPay documents ``[{"id": ..., "key": <PEM>}]``; a single
+        object, ``{"keys": [...]}`` and base64 DER keys are accepted too, and entries that cannot
+        be read are skipped. Raises a ProviderError subclass when PawaPay cannot be reached or
+        its answer holds no usable key at all."""
+        response = await self._call(
+            "GET", _PUBLIC_KEYS, operation="public_keys", transaction_id=None
+        )
+        if response.status != 200:
+            raise self._error(response, None, sends_money=False)
+        keys = _public_keys_from(response.json())
+        if keys is None:
+            raise ProviderResponseInvalid(
+                "unreadable PawaPay public keys answer", provider=NAME, http_status=200
+            )
+        return keys
 
     # -- bodies and HTTP ---------------------------------------------------------------------
 
@@ -439,19 +466,51 @@ def signature_params(*, created: int, expires: int, key_id: str, algorithm: str)
     )
 
 
-def signature_base(method: str, url: str, fields: dict[str, str], params: str) -> str:
-    """RFC 9421 §2.5 signature base of a request with the components PawaPay expects."""
+# Derived components (RFC 9421 §2.2) that signature_base() can compute for a request.
+DERIVED_COMPONENTS = frozenset(
+    {"@method", "@authority", "@path", "@query", "@scheme", "@target-uri", "@request-target"}
+)
+
+
+def signature_base(
+    method: str,
+    url: str,
+    fields: Mapping[str, str],
+    params: str,
+    *,
+    components: Sequence[str] = SIGNED_COMPONENTS,
+) -> str:
+    """RFC 9421 §2.5 signature base of a request: one line per covered component (by default
+    the ones PawaPay expects), then ``@signature-params``. ``fields`` holds the value of every
+    covered header field by its lowercased name; ``params`` is the serialised
+    ``@signature-params`` value."""
     parsed = URL(url)
     if parsed.host is None:
         raise ValueError(f"cannot sign a request to {url!r}: no host")
     authority = parsed.host.lower()
     if parsed.explicit_port is not None and not parsed.is_default_port():
         authority += f":{parsed.explicit_port}"
-    derived = {"@method": method.upper(), "@authority": authority, "@path": parsed.raw_path or "/"}
-    lines = [
-        f'"{name}": {derived[name] if name.startswith("@") else fields[name].strip()}'
-        for name in SIGNED_COMPONENTS
-    ]
+    path = parsed.raw_path or "/"
+    query = parsed.raw_query_string
+    target = path + (f"?{query}" if query else "")
+    scheme = parsed.scheme.lower()
+    derived = {
+        "@method": method.upper(),
+        "@authority": authority,
+        "@path": path,
+        "@query": f"?{query}",  # "?" alone when there is no query (§2.2.7)
+        "@scheme": scheme,
+        "@target-uri": f"{scheme}://{authority}{target}",
+        "@request-target": target,
+    }
+    lines = []
+    for name in components:
+        if name.startswith("@"):
+            if name not in derived:
+                raise ValueError(f"derived component {name!r} is not supported")
+            lines.append(f'"{name}": {derived[name]}')
+        else:
+            lines.append(f'"{name}": {fields[name].strip()}')
     lines.append(f'"@signature-params": {params}')
     return "\n".join(lines)
 
@@ -492,3 +551,59 @@ def _load_signing_key(pem: str) -> tuple[str, Callable[[bytes], bytes]]:
 
         return "rsa-pss-sha512", sign_rsa
     raise ValueError(f"{type(key).__name__} keys are not supported (use EC P-256 or RSA)")
+
+
+# -- PawaPay's public keys ---------------------------------------------------------------------
+
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
+
+
+def public_key_pem(text: str) -> str:
+    """A public key as PEM SubjectPublicKeyInfo, from PEM (``PUBLIC KEY``, ``RSA PUBLIC KEY``
+    or ``CERTIFICATE``, newlines possibly escaped or missing) or base64 DER. Raises ValueError
+    when it is none of these (the message never repeats the key)."""
+    text = text.replace("\\n", "\n").strip()
+    block = _PEM_BLOCK.search(text)
+    kind = block.group(1) if block else "PUBLIC KEY"
+    encoded = "".join((block.group(2) if block else text).split())
+    try:
+        der = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not a PEM or base64 DER public key") from exc
+    try:
+        if kind == "CERTIFICATE":
+            key: Any = x509.load_der_x509_certificate(der).public_key()
+        else:
+            key = serialization.load_der_public_key(der)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ValueError("not a readable public key") from exc
+    pem: bytes = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem.decode()
+
+
+def _public_keys_from(payload: Any) -> dict[str, str] | None:
+    """Key id → PEM from the public-key answer; None when its shape is not one we know or
+    it lists keys of which none is usable."""
+    if isinstance(payload, dict):
+        entries = payload.get("keys", [payload]) if "key" not in payload else [payload]
+    else:
+        entries = payload
+    if not isinstance(entries, list):
+        return None
+    keys: dict[str, str] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        key_id = next((entry[f] for f in ("id", "keyId", "kid") if f in entry), None)
+        text = next((entry[f] for f in ("key", "publicKey") if f in entry), None)
+        if not isinstance(key_id, str) or not key_id or not isinstance(text, str):
+            continue
+        try:
+            keys[key_id] = public_key_pem(text)
+        except ValueError:
+            continue
+    if entries and not keys:
+        return None
+    return keys
