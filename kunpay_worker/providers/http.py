@@ -205,27 +205,38 @@ class CircuitBreaker:
         self._clock = clock
         self._failures = 0
         self._opened_at: float | None = None
-        self._probing = False
+        # When the current probe started; a probe that never reports (cancelled mid-call) is
+        # given up after a cooldown, so it cannot hold the circuit open for good.
+        self._probe_since: float | None = None
 
     @property
     def state(self) -> str:
         if self._opened_at is None:
             return "closed"
-        if self._clock() - self._opened_at < self._cooldown or self._probing:
+        if self._paused_for() > 0:
             return "open"
         return "half-open"
+
+    def _paused_for(self) -> float:
+        """Seconds until a call may go through (0: now)."""
+        now = self._clock()
+        if self._opened_at is None:
+            return 0.0
+        if self._probe_since is not None:
+            return max(self._probe_since + self._cooldown - now, 0.0)
+        return max(self._opened_at + self._cooldown - now, 0.0)
 
     def before_call(self) -> None:
         if self._opened_at is None:
             return
-        waited = self._clock() - self._opened_at
-        if waited < self._cooldown or self._probing:
+        paused = self._paused_for()
+        if paused > 0:
             raise ProviderCircuitOpen(
                 f"{self.provider} is failing; calls paused (circuit open)",
                 provider=self.provider,
-                retry_after=max(self._cooldown - waited, 1.0),
+                retry_after=max(paused, 1.0),
             )
-        self._probing = True  # half-open: this call is the probe
+        self._probe_since = self._clock()  # half-open: this call is the probe
 
     def record(self, *, ok: bool) -> None:
         if ok:
@@ -233,9 +244,9 @@ class CircuitBreaker:
             self._opened_at = None
         else:
             self._failures += 1
-            if self._probing or self._failures >= self._threshold:
+            if self._probe_since is not None or self._failures >= self._threshold:
                 self._opened_at = self._clock()
-        self._probing = False
+        self._probe_since = None
 
 
 class TokenCache:

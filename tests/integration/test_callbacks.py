@@ -16,8 +16,10 @@ from typing import Any
 import aio_pika
 import aiohttp
 import pytest
+from aiohttp import web
 
 from kunpay_sdk import EventType, KunPayClient, Status, topology
+from kunpay_worker.sandbox import SandboxConfig, build_app
 from kunpay_worker.sandbox.common import Outcome
 from tests.integration.harness import (
     EventLog,
@@ -435,3 +437,48 @@ async def _operator(stack: Stack, *args: str) -> str:
     return await run(
         sys.executable, "-m", "kunpay_worker.cli", *args, env={**stack.env, "COLUMNS": "250"}
     )
+
+
+# -- back-pressure ---------------------------------------------------------------------------
+
+
+async def test_a_failing_backend_opens_its_circuit_and_is_probed_again_later(
+    make_stack: StackFactory,
+) -> None:
+    # Orange Money is down (nothing listens on its port) until the test brings it up.
+    port = free_port()
+    stack = await make_stack(
+        KUNPAY_ORANGE_MP__BASE_URL=f"http://127.0.0.1:{port}",
+        KUNPAY_HTTP__BREAKER_FAILURES="2",
+        KUNPAY_HTTP__BREAKER_COOLDOWN="2",
+    )
+    worker = stack.workers[-1]
+    async with await stack.client() as client:
+        tx_id = await collect(client, "ORANGE_CAMEROON", "690000000")
+        await worker.wait_log(
+            lambda r: (
+                r.get("event") == "provider not reached; will send again"
+                and "circuit open" in str(r.get("error"))
+            )
+        )
+        ready, details = await _readyz(stack)
+        assert ready == 200  # a provider outage is not the worker's: it stays in service
+        assert details["providers"]["ORANGE_MP"] == "open"
+        assert details["providers"]["MTN_MOMO"] == "closed"
+        assert (await client.get(tx_id)).status is Status.PENDING  # nothing failed meanwhile
+
+        orange = web.AppRunner(build_app(SandboxConfig(settle_seconds=0.2)), access_log=None)
+        await orange.setup()
+        try:
+            await web.TCPSite(orange, "127.0.0.1", port).start()
+            outcome = await client.wait(tx_id, timeout=20)
+            _, details = await _readyz(stack)
+        finally:
+            await orange.cleanup()
+    assert outcome.type is EventType.SUCCEEDED
+    assert details["providers"]["ORANGE_MP"] == "closed"
+
+
+async def _readyz(stack: Stack) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, http.get(f"{stack.http_url}/readyz") as resp:
+        return resp.status, await resp.json()

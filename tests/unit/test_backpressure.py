@@ -99,6 +99,25 @@ async def test_only_one_probe_goes_through_while_half_open(http: ProviderHttp) -
         breaker.before_call()
 
 
+async def test_a_probe_that_never_reports_does_not_hold_the_circuit_open(
+    http: ProviderHttp,
+) -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("TEST", failures=1, cooldown=5, clock=clock)
+    breaker.record(ok=False)
+    clock.now += 5
+    breaker.before_call()  # the probe; its task is cancelled and never records anything
+    clock.now += 4.9
+    assert breaker.state == "open"
+    with pytest.raises(ProviderCircuitOpen):
+        breaker.before_call()
+    clock.now += 0.1
+    assert breaker.state == "half-open"
+    breaker.before_call()  # another probe
+    breaker.record(ok=True)
+    assert breaker.state == "closed"
+
+
 async def test_answers_below_500_keep_the_circuit_closed(
     http: ProviderHttp, mocked: aioresponses
 ) -> None:
