@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiohttp
 import structlog
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 from aiohttp import web
 from tortoise import Tortoise
 
@@ -144,71 +150,71 @@ class Worker:
                     "poll": poll_tiers_ms(shape),
                 },
             )
+            # The HTTP server first: a port already taken stops the worker before it consumes.
+            server = await self._start_server(connection, publisher, engine)
             relay_stop = asyncio.Event()
             relay_task = asyncio.create_task(relay.run(relay_stop), name="outbox-relay")
-
-            consume = await connection.channel()
-            await consume.set_qos(prefetch_count=settings.prefetch)
-            commands = await consume.get_queue(topology.COMMANDS_QUEUE)
-            polls = await consume.get_queue(topology.POLL_QUEUE)
-            rpc = await consume.get_queue(topology.RPC_QUEUE)
-            consumers = [
-                (
-                    commands,
-                    await commands.consume(
+            janitor = Janitor(settings.janitor, engine.plan, relay.notify)
+            janitor_task = asyncio.create_task(janitor.run(relay_stop), name="janitor")
+            consume: AbstractChannel | None = None
+            consumers: list[tuple[AbstractQueue, str]] = []
+            try:
+                consume = await connection.channel()
+                await consume.set_qos(prefetch_count=settings.prefetch)
+                handlers: list[tuple[str, Callable[[AbstractIncomingMessage], Awaitable[None]]]]
+                handlers = [
+                    (
+                        topology.COMMANDS_QUEUE,
                         dispatcher.wrap(
                             "commands",
                             functools.partial(handle_command, engine=engine, settings=settings),
-                        )
+                        ),
                     ),
-                ),
-                (
-                    polls,
-                    await polls.consume(
-                        dispatcher.wrap("poll", functools.partial(handle_poll, engine=engine))
+                    (
+                        topology.POLL_QUEUE,
+                        dispatcher.wrap("poll", functools.partial(handle_poll, engine=engine)),
                     ),
-                ),
-                (
-                    rpc,
-                    await rpc.consume(
+                    (
+                        topology.RPC_QUEUE,
                         functools.partial(
                             handle_rpc, publisher=publisher, answers=Answers(engine, settings)
-                        )
+                        ),
                     ),
-                ),
-            ]
-            relay.notify()  # rows a previous process left behind
-            janitor = Janitor(settings.janitor, engine.plan, relay.notify)
-            janitor_task = asyncio.create_task(janitor.run(relay_stop), name="janitor")
-            server = await self._start_server(connection, publisher, engine)
-            log.info(
-                "worker ready",
-                providers=settings.providers,
-                prefetch=settings.prefetch,
-                poll_delays=settings.poll.delays,
-                http_port=server.addresses[0][1] if server.addresses else None,
-            )
-            self.ready.set()
-            await stop.wait()
-
-            log.info("stopping: no new messages, finishing in-flight work")
-            for queue, tag in consumers:
+                ]
+                for name, handler in handlers:
+                    queue = await consume.get_queue(name)
+                    consumers.append((queue, await queue.consume(handler)))
+                relay.notify()  # rows a previous process left behind
+                log.info(
+                    "worker ready",
+                    providers=settings.providers,
+                    prefetch=settings.prefetch,
+                    poll_delays=settings.poll.delays,
+                    http_port=server.addresses[0][1] if server.addresses else None,
+                )
+                self.ready.set()
+                await stop.wait()
+                log.info("stopping: no new messages, finishing in-flight work")
+            finally:
+                for queue, tag in consumers:
+                    try:
+                        await queue.cancel(tag)
+                    except Exception:  # noqa: BLE001 - the channel may already be gone
+                        log.warning("could not cancel a consumer", queue=queue.name)
+                if not await dispatcher.wait_idle(settings.shutdown_grace):
+                    log.warning("grace period over with work in flight; it will be redelivered")
+                await server.cleanup()
+                relay_stop.set()
+                relay.notify()
+                await relay_task
+                await janitor_task
+                await janitor.release()
                 try:
-                    await queue.cancel(tag)
-                except Exception:  # noqa: BLE001 - the channel may already be gone
-                    log.warning("could not cancel a consumer", queue=queue.name)
-            if not await dispatcher.wait_idle(settings.shutdown_grace):
-                log.warning("grace period over with work in flight; it will be redelivered")
-            await server.cleanup()
-            relay_stop.set()
-            relay.notify()
-            await relay_task
-            await janitor_task
-            try:
-                await relay.drain()
-            except Exception:  # noqa: BLE001
-                log.warning("outbox not fully flushed; the next worker publishes the rest")
-            await consume.close()
+                    await relay.drain()
+                except Exception:  # noqa: BLE001
+                    log.warning("outbox not fully flushed; the next worker publishes the rest")
+                if consume is not None:
+                    await consume.close()
         log.info("worker stopped")
 
     async def _start_server(
@@ -224,7 +230,8 @@ class Worker:
                 database = True
             except Exception:  # noqa: BLE001 - any failure means not ready
                 database = False
-            broker = not connection.is_closed
+            # A robust connection is not "closed" while it reconnects: ask whether it is up.
+            broker = connection.connected.is_set()
             circuits = {name: backend.circuit for name, backend in engine.backends.items()}
             return database and broker, {
                 "database": database,

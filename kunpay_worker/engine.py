@@ -124,19 +124,32 @@ class Engine:
                 self.notify()
         return await repo.load(tx_id)
 
-    async def check_now(self, tx_id: uuid.UUID) -> None:
+    async def check_now(self, tx_id: uuid.UUID) -> bool:
         """A provider's callback said something happened: ask the provider (the callback is
-        only a hint) and apply a final answer. The poll chain goes on regardless."""
+        only a hint) and apply a final answer. The poll chain goes on regardless.
+
+        False when the request is still being sent (a fast provider calls back before the
+        send's answer is recorded): the caller asks again shortly."""
+        tx = await repo.load(tx_id)
+        if (
+            tx is not None
+            and tx.status is Status.PENDING
+            and tx.initiation is Initiation.SENDING
+            and not _lease_expired(tx)
+        ):
+            log.info("callback before the send was recorded; checking again shortly")
+            return False
         try:
             tx = await self.verify(tx_id)
         except ProviderError as exc:
             log.warning("check on a callback failed", transaction_id=str(tx_id), error=str(exc))
-            return
+            return True
         log.info(
             "checked on a callback",
             transaction_id=str(tx_id),
             status=str(tx.status) if tx is not None else None,
         )
+        return True
 
     async def recheck_before_retry(self, tx_id: uuid.UUID) -> None:
         """A retry is about to be taken in: ask the provider about the FAILED original first
@@ -341,6 +354,14 @@ class Engine:
     async def _lookup(self, tx: Transaction, poll_seq: int) -> Lookup | None:
         try:
             return await self._backend(tx).lookup(await self._request(tx))
+        except ProviderThrottled as exc:
+            # 429, an open circuit, no free call slot: the provider was not asked, so this
+            # check does not count: the same check, later.
+            delay = exc.retry_after or retry_delay(1, self.settings.command_retry_delays)
+            log.info("status lookup deferred", transaction_id=str(tx.id), delay=delay)
+            if await repo.repeat_check(tx.id, poll_seq, delay, self.plan):
+                self.notify()
+            return None
         except ProviderError as exc:
             log.warning("status lookup failed", transaction_id=str(tx.id), error=str(exc))
             await self._record(tx, poll_seq, None)

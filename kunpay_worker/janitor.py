@@ -49,6 +49,13 @@ class Janitor:
             except TimeoutError:
                 pass
 
+    async def release(self) -> None:
+        """Let another worker sweep at once (this one is stopping)."""
+        try:
+            await repo.release_lease(LEASE, self.holder)
+        except Exception:  # noqa: BLE001 - the lease runs out by itself
+            log.warning("could not release the janitor lease; it expires by itself")
+
     async def sweep(self) -> Counter[str]:
         """One sweep, if this worker holds the lease; what happened to each overdue row."""
         done: Counter[str] = Counter()

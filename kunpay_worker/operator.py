@@ -106,6 +106,8 @@ def resolve(
         raise typer.BadParameter("completed or failed", param_hint="--status")
     if not reason.strip():
         raise typer.BadParameter("say why", param_hint="--reason")
+    if len(reason.strip()) > 400:
+        raise typer.BadParameter("at most 400 characters", param_hint="--reason")
     actor = f"operator:{by or getpass.getuser()}"
 
     async def main() -> None:

@@ -43,11 +43,15 @@ async def handle_poll(delivery: Delivery, *, engine: Engine) -> None:
     )
     try:
         if poll.check == "now":
-            await engine.check_now(poll.transaction_id)
+            checked = await engine.check_now(poll.transaction_id)
         elif poll.poll_seq is not None:
             await engine.check(poll.transaction_id, poll.poll_seq)
+            checked = True
     except Exception as exc:
         # A lost poll strands a PENDING transaction: retry it, however long.
         raise Retry(f"{type(exc).__name__}: {exc}", keep_trying=True) from exc
     finally:
         structlog.contextvars.clear_contextvars()
+    if not checked:
+        # Bounded by the send: once its answer is recorded, the check happens.
+        raise Retry("the request is still being sent", keep_trying=True)

@@ -210,7 +210,9 @@ class Backend(Protocol):
 
     async def account_holder(self, msisdn: str, operator: str) -> AccountHolder: ...
 
-    def limit(self, *, max_concurrent: int, breaker: CircuitBreaker | None) -> None:
+    def limit(
+        self, *, max_concurrent: int, slot_wait: float, breaker: CircuitBreaker | None
+    ) -> None:
         """Bound its calls in flight and guard them with a circuit breaker."""
         ...
 
@@ -229,8 +231,10 @@ class BackendBase:
     needs_prepare: ClassVar[bool] = False
     _http: ProviderHttp
 
-    def limit(self, *, max_concurrent: int, breaker: CircuitBreaker | None) -> None:
-        self._http.limit(max_concurrent=max_concurrent, breaker=breaker)
+    def limit(
+        self, *, max_concurrent: int, slot_wait: float, breaker: CircuitBreaker | None
+    ) -> None:
+        self._http.limit(max_concurrent=max_concurrent, slot_wait=slot_wait, breaker=breaker)
 
     @property
     def circuit(self) -> str:

@@ -70,12 +70,19 @@ class ProviderHttp:
         self._timeout = timeout
         self._recorder = recorder
         self._slots: asyncio.Semaphore | None = None
+        self._max_concurrent = 0
+        self._slot_wait = 0.0
         self.breaker: CircuitBreaker | None = None
 
-    def limit(self, *, max_concurrent: int, breaker: CircuitBreaker | None) -> None:
-        """At most ``max_concurrent`` calls in flight; ``breaker`` stops calls to a failing
+    def limit(
+        self, *, max_concurrent: int, slot_wait: float, breaker: CircuitBreaker | None
+    ) -> None:
+        """At most ``max_concurrent`` calls in flight; a call that waits ``slot_wait`` seconds
+        for its turn fails as not sent (ProviderNotReached). ``breaker`` stops calls to a failing
         provider."""
         self._slots = asyncio.Semaphore(max_concurrent)
+        self._max_concurrent = max_concurrent
+        self._slot_wait = slot_wait
         self.breaker = breaker
 
     async def request(
@@ -95,20 +102,28 @@ class ProviderHttp:
         """One HTTP exchange. Raises ProviderNotReached when the connection could not be made
         (nothing was sent; also while the circuit is open), ProviderUnavailable for anything after
         that (timeout, reset)."""
-        if self.breaker is not None:
-            self.breaker.before_call()
-        if self._slots is None:
+        if self._slots is not None:
+            try:
+                async with asyncio.timeout(self._slot_wait):
+                    await self._slots.acquire()
+            except TimeoutError:
+                # Nothing was sent: the caller may try again later, safely.
+                raise ProviderThrottled(
+                    f"{self.provider}: all {self._max_concurrent} call slots stayed busy for "
+                    f"{self._slot_wait:g}s; not sent",
+                    provider=self.provider,
+                ) from None
+        try:
+            if self.breaker is not None:
+                self.breaker.before_call()
             return await self._request(
                 method, path, operation=operation, transaction_id=transaction_id,
                 headers=headers, json_body=json_body, form=form, params=params,
                 raw_body=raw_body, sends_money=sends_money,
             )  # fmt: skip
-        async with self._slots:
-            return await self._request(
-                method, path, operation=operation, transaction_id=transaction_id,
-                headers=headers, json_body=json_body, form=form, params=params,
-                raw_body=raw_body, sends_money=sends_money,
-            )  # fmt: skip
+        finally:
+            if self._slots is not None:
+                self._slots.release()
 
     async def _request(
         self,

@@ -39,12 +39,17 @@ def build_backends(
         total=settings.http.total_timeout, connect=settings.http.connect_timeout
     )
     backends: dict[str, Backend] = {}
+    # A send must end inside 0.9 of its lease (engine): a wait for a call slot is bounded so
+    # that it and one call fit, and a send that waited too long fails as "not sent" (tried
+    # again later), not as "outcome unknown".
+    slot_wait = max(settings.send_lease * 0.9 - settings.http.total_timeout - 1.0, 0.5)
     for name in sorted(settings.enabled_backends()):
         backend = BACKENDS[name].from_settings(
             settings, session, timeout=timeout, recorder=recorder
         )
         backend.limit(
             max_concurrent=settings.http.max_concurrent_calls,
+            slot_wait=slot_wait,
             breaker=CircuitBreaker(
                 name,
                 failures=settings.http.breaker_failures,

@@ -155,13 +155,15 @@ async def set_status(
     actor: str = "worker",
     command_id: uuid.UUID | None = None,
     manual_refund_id: str | None = None,
+    log_reason: str | None = None,
     **changes: Any,
 ) -> Event | None:
     """Inside a DB transaction, with ``tx`` locked: compare-and-set ``tx.status`` to ``new``,
     append the status row, and put the event in the outbox. A settled refund updates the
     refunded payment in the same transaction; a second completed attempt of one payment is
-    announced as ``payment.duplicate_detected``. Returns the event (None for a same-status
-    reason update)."""
+    announced as ``payment.duplicate_detected``. ``log_reason``: what the status row says when
+    it is not ``reason`` (an operator's note on a completion). Returns the event (None for a
+    same-status reason update)."""
     current = tx.status if tx.event_seq else None  # event_seq 0: the row is being created
     plan = plan_transition(tx.type, current, new)
     if plan.current == plan.new and reason == tx.failure_reason:
@@ -193,7 +195,7 @@ async def set_status(
     await TransactionStatus.create(
         transaction_id=tx.id,
         status=new,
-        reason=reason,
+        reason=log_reason if log_reason is not None else reason,
         actor=actor,
         event_id=event.event_id if event else None,
         event_type=str(event.type) if event else None,
@@ -397,6 +399,17 @@ async def schedule_poll(
         ):
             return False
         await _schedule_poll(tx, delay, plan, now)
+        return True
+
+
+async def repeat_check(tx_id: uuid.UUID, poll_seq: int, delay: float, plan: PollPlan) -> bool:
+    """The check with ``poll_seq`` could not ask the provider (throttled, circuit open): the
+    same check ``delay`` seconds later, not counted. False if the chain moved on meanwhile."""
+    async with in_transaction():
+        tx = await lock(tx_id)
+        if tx is None or tx.status is not Status.PENDING or tx.poll_seq != poll_seq:
+            return False
+        await _schedule_poll(tx, delay, plan, utcnow())
         return True
 
 
@@ -718,6 +731,11 @@ async def acquire_lease(name: str, holder: str, seconds: float) -> bool:
     return True
 
 
+async def release_lease(name: str, holder: str) -> None:
+    """Give the named lease up (at shutdown), if this holder has it."""
+    await Lease.filter(name=name, holder=holder).delete()
+
+
 async def overdue(grace: float, limit: int) -> list[uuid.UUID]:
     """PENDING transactions whose next check is overdue (lost poll messages, spent
     schedules), oldest first."""
@@ -751,6 +769,9 @@ async def reschedule_overdue(
             await Transaction.filter(id=tx_id).update(stale=True, next_poll_at=None, updated_at=now)
             return "stale"
         await _schedule_poll(tx, 0, plan, now)
+        # Due now, but a busy poll queue may take a while: not overdue again for a while, so
+        # a backlog is not fed a second check of the same row at every sweep.
+        await Transaction.filter(id=tx_id).update(next_poll_at=now + timedelta(seconds=grace))
         return "rescheduled"
 
 
@@ -773,6 +794,24 @@ async def resolve(
     as COMPLETED or FAILED: audited (actor and reason on the status row), with its event."""
     if status not in (Status.COMPLETED, Status.FAILED):
         raise CannotResolve("a transaction is resolved as COMPLETED or FAILED")
+    if manual_refund_id is not None and status is not Status.COMPLETED:
+        raise CannotResolve("a manual refund id says a refund was made: resolve it as COMPLETED")
+    try:
+        return await _resolve(tx_id, status, reason, actor=actor, manual_refund_id=manual_refund_id)
+    except LostRace as exc:
+        raise CannotResolve(f"{tx_id} changed meanwhile ({exc}); look at it again") from exc
+    except IntegrityError as exc:
+        raise CannotResolve(f"refused by the database: {exc}") from exc
+
+
+async def _resolve(
+    tx_id: uuid.UUID,
+    status: Status,
+    reason: str,
+    *,
+    actor: str,
+    manual_refund_id: str | None,
+) -> Event | None:
     async with in_transaction():
         tx = await lock(tx_id)
         if tx is None:
@@ -787,6 +826,16 @@ async def resolve(
             )
         if manual_refund_id is not None and tx.type is not TransactionType.REFUND:
             raise CannotResolve("a manual refund id is only for refunds")
+        if (
+            tx.status is Status.PENDING
+            and tx.initiation is Initiation.SENDING
+            and tx.send_lease_until is not None
+            and tx.send_lease_until > utcnow()
+        ):
+            raise CannotResolve(
+                f"a worker is sending it to the provider right now (until "
+                f"{tx.send_lease_until.isoformat(timespec='seconds')}): try again after"
+            )
         now = utcnow()
         audited = f"RESOLVED: {reason}"
         changes: dict[str, Any] = {
@@ -802,10 +851,35 @@ async def resolve(
             event = await set_status(tx, Status.FAILED, audited, now, actor=actor, **changes)
             if tx.type is TransactionType.REFUND:
                 await _settle_refund(tx, Status.FAILED, audited, now)
+                await _recheck_reconciliation(tx, now)
             return event
-        return await set_status(
-            tx, status, audited, now, actor=actor, manual_refund_id=manual_refund_id, **changes
-        )
+        if status is Status.COMPLETED:
+            # The note is the status row's; a completed transaction has no failure reason.
+            event = await set_status(
+                tx,
+                status,
+                None,
+                now,
+                actor=actor,
+                manual_refund_id=manual_refund_id,
+                log_reason=audited,
+                **changes,
+            )
+        else:
+            event = await set_status(tx, status, audited, now, actor=actor, **changes)
+        if tx.type is TransactionType.REFUND:
+            await _recheck_reconciliation(tx, now)
+        return event
+
+
+async def _recheck_reconciliation(refund: Transaction, now: datetime) -> None:
+    """A refund was reconciled by hand: its payment needs reconciliation only while another of
+    its refunds does."""
+    original_id = refund.original_id  # type: ignore[attr-defined]
+    unsettled = await Transaction.filter(
+        original_id=original_id, type=TransactionType.REFUND, needs_reconciliation=True
+    ).exists()
+    await Transaction.filter(id=original_id).update(needs_reconciliation=unsettled, updated_at=now)
 
 
 async def load(tx_id: uuid.UUID) -> Transaction | None:

@@ -82,16 +82,6 @@ def about(tx_id: uuid.UUID, event: str) -> Callable[[dict[str, Any]], bool]:
     return lambda r: r.get("event") == event and r.get("transaction_id") == str(tx_id)
 
 
-async def initiated(events: EventLog, tx_id: uuid.UUID) -> None:
-    await events.wait_for(
-        lambda e: (
-            e.type is EventType.INITIATED
-            and e.transaction is not None
-            and e.transaction.id == tx_id
-        )
-    )
-
-
 async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
     """Wait for a condition nothing announces (a sandbox's state, a row), with a deadline."""
     async with asyncio.timeout(timeout):
@@ -109,6 +99,11 @@ async def forge(stack: Stack, reference: str, tx_id: uuid.UUID) -> dict[str, Any
         assert resp.status == 200
         answer: dict[str, Any] = await resp.json()
         return answer
+
+
+async def _sent(stack: Stack, tx_id: uuid.UUID) -> bool:
+    rows = await stack.db.fetch("SELECT initiation FROM transactions WHERE id = $1", str(tx_id))
+    return bool(rows) and rows[0]["initiation"] == "SENT"
 
 
 async def reference_of(stack: Stack, tx_id: uuid.UUID) -> str:
@@ -169,7 +164,7 @@ async def test_a_flood_of_forged_success_callbacks_changes_nothing_and_costs_one
         events = await EventLog(client).start()
         try:
             tx_id = await collect(client, "MTN_CAMEROON", "670000010")  # MTN keeps it PENDING
-            await initiated(events, tx_id)
+            await until(lambda: _sent(stack, tx_id))  # MTN has the request
             reference = await reference_of(stack, tx_id)
             before = stack.mtn.lookups[reference]
 
@@ -183,6 +178,35 @@ async def test_a_flood_of_forged_success_callbacks_changes_nothing_and_costs_one
             assert [e.type for e in events.of(tx_id)] == [EventType.INITIATED]
         finally:
             await events.close()
+
+
+async def test_a_callback_that_beats_the_send_is_checked_once_the_send_is_recorded(
+    make_stack: StackFactory,
+) -> None:
+    # MTN registers the request and calls back at once, but its 202 is held: the callback
+    # arrives while the send is still in flight (the test sends it; no public URL).
+    stack = await make_stack(**SLOW_POLLS, KUNPAY_PUBLIC_BASE_URL="")
+    worker = stack.workers[-1]
+    async with await stack.client() as client:
+        tx_id = await collect(client, "MTN_CAMEROON", "670000030")
+
+        async def held() -> bool:
+            return stack.mtn.held == 1
+
+        await until(held)
+        reference = await reference_of(stack, tx_id)
+        await forge(stack, reference, tx_id)
+        await worker.wait_log(
+            about(tx_id, "callback before the send was recorded; checking again shortly")
+        )
+        outcome = await client.wait(tx_id, timeout=15)  # the first poll is 30 s away
+    assert outcome.type is EventType.SUCCEEDED
+    checked = await worker.wait_log(
+        lambda r: about(tx_id, "checked on a callback")(r) and r.get("status") == "COMPLETED"
+    )
+    assert checked
+    assert stack.mtn.initiations[reference] == 1
+    assert not [r for r in worker.lines if r.get("event") == "checking"]
 
 
 async def test_a_payment_whose_callback_was_missed_is_completed_by_polling(
@@ -212,7 +236,7 @@ async def test_concurrent_polls_callbacks_and_verifies_make_one_transition(
         events = await EventLog(client).start()
         try:
             tx_id = await collect(client, "MTN_CAMEROON", "670000000")
-            await initiated(events, tx_id)
+            await until(lambda: _sent(stack, tx_id))  # MTN has the request
             reference = await reference_of(stack, tx_id)
 
             async def settled() -> bool:
@@ -341,7 +365,7 @@ async def test_the_janitor_resumes_polling_after_the_delay_queues_are_purged(
         events = await EventLog(client).start()
         try:
             tx_id = await collect(client, "MTN_CAMEROON", "670000000")
-            await initiated(events, tx_id)
+            await until(lambda: _sent(stack, tx_id))  # MTN has the request
             await until(lambda: _published(stack, tx_id))
             await stack.workers[-1].kill()
             lost = await _purge_polls(stack)

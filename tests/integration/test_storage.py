@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from tortoise import Tortoise
 from tortoise.backends.base.executor import EXECUTOR_CACHE
+from tortoise.transactions import in_transaction
 
 from kunpay_sdk.contracts import (
     CollectCommand,
@@ -420,3 +421,105 @@ async def test_a_key_is_not_recorded_once_the_claim_has_expired() -> None:
     )
     assert not await repo.record_handle(tx.id, 1, "late-token")
     assert (await Transaction.get(id=tx.id)).provider_handle is None
+
+
+# -- resolving by hand -------------------------------------------------------------------------
+
+
+async def refund_of_unknown_outcome(original: Transaction) -> Transaction:
+    """A refund of 3000 of ``original`` whose outcome nobody knows: FAILED, reconcile."""
+    from kunpay_sdk.contracts import RefundCommand
+    from kunpay_worker.storage.intake import RefundSupport, take_in_refund
+
+    await Transaction.filter(id=original.id).update(status=Status.COMPLETED)
+    command = RefundCommand(
+        command_id=uuid.uuid4(),
+        transaction_id=transaction_id_for("shop", "refund", uuid.uuid4().hex),
+        idempotency_key=uuid.uuid4().hex,
+        original_transaction_id=original.id,
+        amount=Decimal("3000"),
+        issued_at=datetime.now(UTC),
+    )
+    support = RefundSupport(rejection=lambda _b: None, partial=lambda _b: True)
+    refund = (await take_in_refund(command, app="shop", support=support, plan=PLAN)).transaction
+    assert refund is not None
+    async with in_transaction():
+        locked = await repo.lock(refund.id)
+        assert locked is not None
+        await repo.set_status(
+            locked, Status.FAILED, "UNKNOWN_OUTCOME", datetime.now(UTC), needs_reconciliation=True
+        )
+    payment = await Transaction.get(id=original.id)
+    assert (payment.needs_reconciliation, payment.amount_reserved) == (True, Decimal("3000"))
+    return await Transaction.get(id=refund.id)
+
+
+async def last_status_row(tx_id: uuid.UUID) -> TransactionStatus:
+    row = await TransactionStatus.filter(transaction_id=tx_id).order_by("-id").first()
+    assert row is not None
+    return row
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_pending_payment_resolved_as_completed_is_audited_and_announced() -> None:
+    tx = await new_tx()
+    event = await repo.resolve(tx.id, Status.COMPLETED, "MTN ticket 4411", actor="operator:bob")
+    assert event is not None
+    assert str(event.type) == "payment.succeeded"
+    assert event.transaction is not None
+    assert event.transaction.failure_reason is None
+    row = await last_status_row(tx.id)
+    assert (row.status, row.reason, row.actor) == (
+        Status.COMPLETED,
+        "RESOLVED: MTN ticket 4411",
+        "operator:bob",
+    )
+    with pytest.raises(repo.CannotResolve, match="is COMPLETED"):
+        await repo.resolve(tx.id, Status.FAILED, "again", actor="operator:bob")
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_payment_being_sent_or_a_manual_refund_id_on_a_failure_is_refused() -> None:
+    tx = await new_tx()
+    await Transaction.filter(id=tx.id).update(
+        initiation=Initiation.SENDING, send_lease_until=datetime.now(UTC) + timedelta(minutes=1)
+    )
+    with pytest.raises(repo.CannotResolve, match="sending it to the provider right now"):
+        await repo.resolve(tx.id, Status.FAILED, "no", actor="operator:bob")
+    with pytest.raises(repo.CannotResolve, match="resolve it as COMPLETED"):
+        await repo.resolve(tx.id, Status.FAILED, "no", actor="o", manual_refund_id="M-1")
+    assert (await Transaction.get(id=tx.id)).status is Status.PENDING
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_refund_reconciled_as_made_by_hand_counts_as_refunded() -> None:
+    from kunpay_worker.storage.models import Refund
+
+    original = await new_tx()
+    refund = await refund_of_unknown_outcome(original)
+    event = await repo.resolve(
+        refund.id, Status.COMPLETED, "by hand", actor="operator:bob", manual_refund_id="M-1"
+    )
+    assert event is not None
+    payment = await Transaction.get(id=original.id)
+    assert payment.amount_refunded == Decimal("3000")
+    assert payment.amount_reserved == Decimal("0")
+    assert payment.needs_reconciliation is False
+    settled = await Transaction.get(id=refund.id)
+    assert (settled.status, settled.failure_reason) == (Status.COMPLETED, None)
+    assert (await Refund.get(transaction_id=refund.id)).manual_refund_id == "M-1"
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_refund_reconciled_as_failed_frees_the_amount() -> None:
+    original = await new_tx()
+    refund = await refund_of_unknown_outcome(original)
+    await repo.resolve(refund.id, Status.FAILED, "MTN: never left", actor="operator:bob")
+    payment = await Transaction.get(id=original.id)
+    assert payment.amount_refunded == Decimal("0")
+    assert payment.amount_reserved == Decimal("0")
+    assert payment.needs_reconciliation is False
+    settled = await Transaction.get(id=refund.id)
+    assert (settled.status, settled.needs_reconciliation) == (Status.FAILED, False)
+    row = await last_status_row(refund.id)
+    assert (row.reason, row.actor) == ("RESOLVED: MTN: never left", "operator:bob")

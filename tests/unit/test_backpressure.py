@@ -55,7 +55,7 @@ async def test_the_circuit_opens_after_repeated_failures_and_fails_fast(
 ) -> None:
     clock = Clock()
     breaker = CircuitBreaker("TEST", failures=3, cooldown=30, clock=clock)
-    http.limit(max_concurrent=8, breaker=breaker)
+    http.limit(max_concurrent=8, slot_wait=5, breaker=breaker)
     mocked.get(URL, status=503, repeat=True)
     for _ in range(3):
         assert await get(http) == 503
@@ -73,7 +73,7 @@ async def test_after_the_cooldown_one_probe_closes_it_or_opens_it_again(
 ) -> None:
     clock = Clock()
     breaker = CircuitBreaker("TEST", failures=1, cooldown=10, clock=clock)
-    http.limit(max_concurrent=8, breaker=breaker)
+    http.limit(max_concurrent=8, slot_wait=5, breaker=breaker)
     mocked.get(URL, exception=aiohttp.ClientConnectionError("refused"))
     with pytest.raises(ProviderUnavailable):
         await get(http)
@@ -122,7 +122,7 @@ async def test_answers_below_500_keep_the_circuit_closed(
     http: ProviderHttp, mocked: aioresponses
 ) -> None:
     breaker = CircuitBreaker("TEST", failures=2, cooldown=10, clock=Clock())
-    http.limit(max_concurrent=8, breaker=breaker)
+    http.limit(max_concurrent=8, slot_wait=5, breaker=breaker)
     for status in (404, 429, 400, 404):
         mocked.get(URL, status=status)
         await get(http)
@@ -132,7 +132,7 @@ async def test_answers_below_500_keep_the_circuit_closed(
 async def test_no_more_calls_in_flight_than_the_limit(
     http: ProviderHttp, mocked: aioresponses
 ) -> None:
-    http.limit(max_concurrent=3, breaker=None)
+    http.limit(max_concurrent=3, slot_wait=5, breaker=None)
     in_flight = 0
     peak = 0
     release = asyncio.Event()
@@ -153,3 +153,50 @@ async def test_no_more_calls_in_flight_than_the_limit(
     release.set()
     assert await asyncio.gather(*calls) == [200] * 10
     assert peak == 3
+
+
+async def test_a_call_that_waits_too_long_for_a_slot_is_not_sent(
+    http: ProviderHttp, mocked: aioresponses
+) -> None:
+    http.limit(max_concurrent=1, slot_wait=0.05, breaker=None)
+    release = asyncio.Event()
+
+    async def slow(_url: Any, **_kwargs: Any) -> CallbackResult:
+        await release.wait()
+        return CallbackResult(status=200, payload={})
+
+    mocked.get(URL, callback=slow, repeat=True)
+    first = asyncio.create_task(get(http))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    with pytest.raises(ProviderNotReached, match="slots stayed busy"):
+        await get(http)
+    assert len(mocked.requests[("GET", aiohttp.client.URL(URL))]) == 1  # only the first
+    release.set()
+    assert await first == 200
+    assert await get(http) == 200  # the slot came back
+
+
+async def test_calls_waiting_for_a_slot_meet_a_circuit_opened_meanwhile(
+    http: ProviderHttp, mocked: aioresponses
+) -> None:
+    breaker = CircuitBreaker("TEST", failures=1, cooldown=30, clock=Clock())
+    http.limit(max_concurrent=1, slot_wait=5, breaker=breaker)
+    release = asyncio.Event()
+
+    async def failing(_url: Any, **_kwargs: Any) -> CallbackResult:
+        await release.wait()
+        return CallbackResult(status=503)
+
+    mocked.get(URL, callback=failing, repeat=True)
+    first = asyncio.create_task(get(http))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    waiting = asyncio.create_task(get(http))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    release.set()
+    assert await first == 503
+    with pytest.raises(ProviderCircuitOpen):
+        await waiting
+    assert len(mocked.requests[("GET", aiohttp.client.URL(URL))]) == 1
