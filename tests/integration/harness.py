@@ -283,6 +283,9 @@ class Stack:
         db = await Database.create(kind, tmp)
         vhost, url = await create_vhost()
         stack = cls(db, vhost, url)
+        # The sandbox's port is bound first, so the worker's cannot be the same one.
+        sandbox_socket = socket.socket()
+        sandbox_socket.bind(("127.0.0.1", 0))
         stack.http_port = free_port()
         stack.extra_env = worker_env
         callbacks = f"http://127.0.0.1:{stack.http_port}"
@@ -302,8 +305,7 @@ class Stack:
         stack.simulators = app[SIMULATORS_KEY]
         stack._runner = web.AppRunner(app, access_log=None)
         await stack._runner.setup()
-        site = web.TCPSite(stack._runner, "127.0.0.1", 0)
-        await site.start()
+        await web.SockSite(stack._runner, sandbox_socket).start()
         port = stack._runner.addresses[0][1]
         stack.sandbox_url = f"http://127.0.0.1:{port}"
         await stack.migrate()

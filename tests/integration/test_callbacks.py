@@ -5,10 +5,12 @@ notifications), the broker and both databases."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,6 @@ from tests.integration.harness import (
     Stack,
     create_vhost,
     delete_vhost,
-    free_port,
     run,
 )
 
@@ -213,11 +214,12 @@ async def test_a_payment_whose_callback_was_missed_is_completed_by_polling(
     make_stack: StackFactory,
 ) -> None:
     # The callback URL points at a port nobody listens on: MTN's callback is lost.
-    stack = await make_stack(KUNPAY_PUBLIC_BASE_URL=f"http://127.0.0.1:{free_port()}")
-    worker = stack.workers[-1]
-    async with await stack.client() as client:
-        tx_id = await collect(client, "MTN_CAMEROON", "670000000")
-        outcome = await client.wait(tx_id, timeout=15)
+    with closed_port() as port:
+        stack = await make_stack(KUNPAY_PUBLIC_BASE_URL=f"http://127.0.0.1:{port}")
+        worker = stack.workers[-1]
+        async with await stack.client() as client:
+            tx_id = await collect(client, "MTN_CAMEROON", "670000000")
+            outcome = await client.wait(tx_id, timeout=15)
     assert outcome.type is EventType.SUCCEEDED
     payment = stack.mtn.payments[await reference_of(stack, tx_id)]
     assert payment.callback_url is not None
@@ -469,38 +471,50 @@ async def _operator(stack: Stack, *args: str) -> str:
 async def test_a_failing_backend_opens_its_circuit_and_is_probed_again_later(
     make_stack: StackFactory,
 ) -> None:
-    # Orange Money is down (nothing listens on its port) until the test brings it up.
-    port = free_port()
-    stack = await make_stack(
-        KUNPAY_ORANGE_MP__BASE_URL=f"http://127.0.0.1:{port}",
-        KUNPAY_HTTP__BREAKER_FAILURES="2",
-        KUNPAY_HTTP__BREAKER_COOLDOWN="2",
-    )
-    worker = stack.workers[-1]
-    async with await stack.client() as client:
-        tx_id = await collect(client, "ORANGE_CAMEROON", "690000000")
-        await worker.wait_log(
-            lambda r: (
-                r.get("event") == "provider not reached; will send again"
-                and "circuit open" in str(r.get("error"))
-            )
+    # Orange Money is down until the test brings it up: its port is bound, never listening.
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        port = blocker.getsockname()[1]
+        stack = await make_stack(
+            KUNPAY_ORANGE_MP__BASE_URL=f"http://127.0.0.1:{port}",
+            KUNPAY_HTTP__BREAKER_FAILURES="2",
+            KUNPAY_HTTP__BREAKER_COOLDOWN="2",
         )
-        ready, details = await _readyz(stack)
-        assert ready == 200  # a provider outage is not the worker's: it stays in service
-        assert details["providers"]["ORANGE_MP"] == "open"
-        assert details["providers"]["MTN_MOMO"] == "closed"
-        assert (await client.get(tx_id)).status is Status.PENDING  # nothing failed meanwhile
+        worker = stack.workers[-1]
+        async with await stack.client() as client:
+            tx_id = await collect(client, "ORANGE_CAMEROON", "690000000")
+            await worker.wait_log(
+                lambda r: (
+                    r.get("event") == "provider not reached; will send again"
+                    and "circuit open" in str(r.get("error"))
+                )
+            )
+            ready, details = await _readyz(stack)
+            assert ready == 200  # a provider outage is not the worker's: it stays in service
+            assert details["providers"]["ORANGE_MP"] == "open"
+            assert details["providers"]["MTN_MOMO"] == "closed"
+            assert (await client.get(tx_id)).status is Status.PENDING  # nothing failed
 
-        orange = web.AppRunner(build_app(SandboxConfig(settle_seconds=0.2)), access_log=None)
-        await orange.setup()
-        try:
-            await web.TCPSite(orange, "127.0.0.1", port).start()
-            outcome = await client.wait(tx_id, timeout=20)
-            _, details = await _readyz(stack)
-        finally:
-            await orange.cleanup()
+            orange = web.AppRunner(build_app(SandboxConfig(settle_seconds=0.2)), access_log=None)
+            await orange.setup()
+            blocker.close()  # Orange Money comes back, on its port
+            try:
+                await web.TCPSite(orange, "127.0.0.1", port).start()
+                outcome = await client.wait(tx_id, timeout=20)
+                _, details = await _readyz(stack)
+            finally:
+                await orange.cleanup()
     assert outcome.type is EventType.SUCCEEDED
     assert details["providers"]["ORANGE_MP"] == "closed"
+
+
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A port that refuses connections for as long as the block lasts: bound, never listening,
+    so no server of the test can be given it meanwhile."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
 
 
 async def _readyz(stack: Stack) -> tuple[int, dict[str, Any]]:
