@@ -34,7 +34,8 @@ from tests.integration.harness import (
 pytestmark = pytest.mark.integration
 
 # The first poll comes 30 s after sending: whatever settles sooner settled through a callback.
-SLOW_POLLS = {"KUNPAY_POLL__DELAYS": "[30]"}
+# DEBUG: a poll's "checking" line shows up, so a test can tell no poll ran.
+SLOW_POLLS = {"KUNPAY_POLL__DELAYS": "[30]", "KUNPAY_LOG_LEVEL": "DEBUG"}
 MTN_CALLBACK = "/payments/momo/collection/webhook/"
 StackFactory = Callable[..., Awaitable[Stack]]
 BACKENDS = {
@@ -330,7 +331,9 @@ async def test_a_one_hour_delay_does_not_hold_back_a_half_second_one() -> None:
 async def test_a_redelivered_poll_does_not_fork_the_chain(make_stack: StackFactory) -> None:
     """A worker that published the next poll but crashed before acking this one gets this one
     again: its poll_seq is behind the row's, so it is dropped."""
-    stack = await make_stack(KUNPAY_LOG_LEVEL="DEBUG")
+    stack = await make_stack(
+        KUNPAY_LOG_LEVEL="DEBUG", KUNPAY_POLL__DELAYS="[0.2, 0.4, 0.8, 1.6, 3.2, 6.4]"
+    )
     worker = stack.workers[-1]
     async with await stack.client() as client:
         tx_id = await collect(client, "MTN_CAMEROON", "670000010")  # stays PENDING: polled on
@@ -362,7 +365,7 @@ async def _seq_after(stack: Stack, tx_id: uuid.UUID, seq: int) -> bool:
 async def test_the_janitor_resumes_polling_after_the_delay_queues_are_purged(
     make_stack: StackFactory,
 ) -> None:
-    stack = await make_stack(KUNPAY_POLL__DELAYS="[5]", KUNPAY_PUBLIC_BASE_URL="")
+    stack = await make_stack(KUNPAY_POLL__DELAYS="[8]", KUNPAY_PUBLIC_BASE_URL="")
     async with await stack.client() as client:
         events = await EventLog(client).start()
         try:
@@ -373,8 +376,8 @@ async def test_the_janitor_resumes_polling_after_the_delay_queues_are_purged(
             lost = await _purge_polls(stack)
             assert lost >= 1  # the only scheduled check is gone
 
-            worker = await stack.start_worker(KUNPAY_POLL__DELAYS="[5]", KUNPAY_PUBLIC_BASE_URL="")
-            await worker.wait_log(about(tx_id, "janitor rescheduled a check"), timeout=20)
+            worker = await stack.start_worker(KUNPAY_POLL__DELAYS="[8]", KUNPAY_PUBLIC_BASE_URL="")
+            await worker.wait_log(about(tx_id, "janitor rescheduled a check"), timeout=30)
             final = await events.final(tx_id, timeout=20)
         finally:
             await events.close()
@@ -410,7 +413,7 @@ async def test_a_payment_pending_too_long_goes_stale_and_is_resolved_by_hand(
     stack = await make_stack(
         KUNPAY_POLL__DELAYS="[0.3]",
         KUNPAY_POLL__JANITOR_INTERVAL="0.3",
-        KUNPAY_JANITOR__MAX_AGE="3",
+        KUNPAY_JANITOR__MAX_AGE="6",
     )
     worker = stack.workers[-1]
     async with await stack.client() as client:

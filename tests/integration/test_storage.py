@@ -218,8 +218,12 @@ async def test_a_final_observation_counts_even_from_a_stale_poll() -> None:
 @pytest.mark.usefixtures("database")
 async def test_duplicates_do_not_push_back_a_check_that_is_already_due() -> None:
     tx = await new_tx()
+    # A check due in 30 s (not "0.2 s after intake", which a slow machine may already be past).
+    await Transaction.filter(id=tx.id).update(
+        next_poll_at=datetime.now(UTC) + timedelta(seconds=30)
+    )
     before = await Transaction.get(id=tx.id)
-    assert not await repo.schedule_poll(tx.id, 0.4, PLAN, unless_due_sooner=True)
+    assert not await repo.schedule_poll(tx.id, 60, PLAN, unless_due_sooner=True)
     after = await Transaction.get(id=tx.id)
     assert (after.poll_seq, after.next_poll_at) == (before.poll_seq, before.next_poll_at)
 
