@@ -27,6 +27,7 @@ from kunpay_worker.handlers import handle_command
 from kunpay_worker.handlers.rpc import Answers, handle_rpc
 from kunpay_worker.janitor import Janitor
 from kunpay_worker.messaging import Dispatcher, Publisher, can_impersonate
+from kunpay_worker.metrics import Metrics
 from kunpay_worker.outbox import OutboxRelay
 from kunpay_worker.polling import handle_poll
 from kunpay_worker.providers.pawapay.callbacks import CallbackVerifier
@@ -246,7 +247,10 @@ class Worker:
             verifier = CallbackVerifier(
                 pawapay, pinned_public_key=pinned.get_secret_value() if pinned else None
             )
-        webhooks = Webhooks(settings, publisher, readiness, verifier)
+        metrics = Metrics(
+            lambda: {name: backend.circuit for name, backend in engine.backends.items()}
+        )
+        webhooks = Webhooks(settings, publisher, readiness, verifier, metrics)
         runner = web.AppRunner(webhooks.app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, settings.server.host, settings.server.port)

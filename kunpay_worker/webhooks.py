@@ -27,6 +27,7 @@ from aiohttp import web
 
 from kunpay_sdk import topology
 from kunpay_worker.messaging import Publisher
+from kunpay_worker.metrics import Metrics
 from kunpay_worker.providers.flutterwave.transformers import webhook_is_authentic
 from kunpay_worker.providers.pawapay.callbacks import CallbackRejected, CallbackVerifier
 from kunpay_worker.settings import Settings
@@ -109,11 +110,13 @@ class Webhooks:
         publisher: Publisher,
         readiness: Readiness,
         pawapay: CallbackVerifier | None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
         self.readiness = readiness
         self.pawapay_verifier = pawapay
+        self.metrics = metrics
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -132,6 +135,8 @@ class Webhooks:
                 web.get("/readyz", self.readyz),
             ]
         )
+        if self.metrics is not None:
+            app.add_routes([web.get("/metrics", self.scrape)])
         return app
 
     # -- health ------------------------------------------------------------------------------
@@ -142,6 +147,11 @@ class Webhooks:
     async def readyz(self, _request: web.Request) -> web.Response:
         ready, details = await self.readiness()
         return _answer(200 if ready else 503, status="ready" if ready else "not ready", **details)
+
+    async def scrape(self, _request: web.Request) -> web.Response:
+        assert self.metrics is not None  # noqa: S101 - routed only with metrics
+        body = await self.metrics.render()
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     # -- callbacks ---------------------------------------------------------------------------
 

@@ -736,6 +736,13 @@ async def release_lease(name: str, holder: str) -> None:
     await Lease.filter(name=name, holder=holder).delete()
 
 
+async def pending_counts() -> tuple[int, int]:
+    """(PENDING transactions, of which stale)."""
+    pending = await Transaction.filter(status=Status.PENDING).count()
+    stale = await Transaction.filter(status=Status.PENDING, stale=True).count()
+    return pending, stale
+
+
 async def overdue(grace: float, limit: int) -> list[uuid.UUID]:
     """PENDING transactions whose next check is overdue (lost poll messages, spent
     schedules), oldest first."""

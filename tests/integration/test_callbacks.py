@@ -423,6 +423,7 @@ async def test_a_payment_pending_too_long_goes_stale_and_is_resolved_by_hand(
             await worker.wait_log(about(tx_id, "janitor rescheduled a check"))
             await worker.wait_log(about(tx_id, "gave up checking a PENDING payment: stale"))
 
+            assert "kunpay_stale_transactions 1.0" in await _metrics(stack)
             listed = await _operator(stack, "pending", "--stale")
             assert str(tx_id) in listed
             assert "stale" in listed
@@ -440,6 +441,7 @@ async def test_a_payment_pending_too_long_goes_stale_and_is_resolved_by_hand(
             )
             assert "operator:alice" in said
             final = await events.final(tx_id)
+            assert "kunpay_stale_transactions 0.0" in await _metrics(stack)
             with pytest.raises(RuntimeError, match="cannot resolve"):
                 await _operator(
                     stack, "resolve", str(tx_id), "--status", "completed", "--reason", "x"
@@ -496,6 +498,8 @@ async def test_a_failing_backend_opens_its_circuit_and_is_probed_again_later(
             assert ready == 200  # a provider outage is not the worker's: it stays in service
             assert details["providers"]["ORANGE_MP"] == "open"
             assert details["providers"]["MTN_MOMO"] == "closed"
+            metric = 'kunpay_provider_circuit_state{backend="ORANGE_MP",state="open"} 1.0'
+            assert metric in await _metrics(stack)
             assert (await client.get(tx_id)).status is Status.PENDING  # nothing failed
 
             orange = web.AppRunner(build_app(SandboxConfig(settle_seconds=0.2)), access_log=None)
@@ -518,6 +522,12 @@ def closed_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
+
+
+async def _metrics(stack: Stack) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"{stack.http_url}/metrics") as resp:
+        assert resp.status == 200
+        return await resp.text()
 
 
 async def _readyz(stack: Stack) -> tuple[int, dict[str, Any]]:

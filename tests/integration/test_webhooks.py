@@ -32,6 +32,7 @@ from kunpay_sdk.contracts import (
     validate_payment,
 )
 from kunpay_worker.messaging import Publisher
+from kunpay_worker.metrics import Metrics
 from kunpay_worker.providers.pawapay.callbacks import CallbackVerifier
 from kunpay_worker.providers.pawapay.client import PawapayClient, RequestSigner
 from kunpay_worker.settings import Settings
@@ -92,7 +93,8 @@ async def web(database: Database, publisher: Recorder) -> AsyncIterator[TestClie
     async def readiness() -> tuple[bool, dict[str, Any]]:
         return True, {"database": True}
 
-    app = Webhooks(settings, publisher, readiness, None).app()
+    metrics = Metrics(lambda: {"MTN_MOMO": "open", "PAWAPAY": "closed"})
+    app = Webhooks(settings, publisher, readiness, None, metrics).app()
     async with TestClient(TestServer(app)) as client:
         yield client
 
@@ -277,6 +279,22 @@ async def test_health_and_readiness(web: TestClient[Any, Any]) -> None:
     assert (await web.get("/healthz")).status == 200
     ready = await web.get("/readyz")
     assert (ready.status, (await ready.json())["database"]) == (200, True)
+
+
+async def test_metrics_count_pending_and_stale_payments_and_show_circuits(
+    web: TestClient[Any, Any],
+) -> None:
+    await payment("MTN_MOMO")
+    stale = await payment("MTN_MOMO")
+    await Transaction.filter(id=stale.id).update(stale=True)
+    answer = await web.get("/metrics")
+    assert answer.status == 200
+    text = await answer.text()
+    assert "kunpay_pending_transactions 2.0" in text
+    assert "kunpay_stale_transactions 1.0" in text
+    assert 'kunpay_provider_circuit_state{backend="MTN_MOMO",state="open"} 1.0' in text
+    assert 'kunpay_provider_circuit_state{backend="MTN_MOMO",state="closed"} 0.0' in text
+    assert 'kunpay_provider_circuit_state{backend="PAWAPAY",state="closed"} 1.0' in text
 
 
 # -- PawaPay signed callbacks ------------------------------------------------------------------
