@@ -30,6 +30,7 @@ from aio_pika.abc import AbstractChannel, ExchangeType
 from pamqp.common import Arguments
 
 __all__ = [
+    "APP_NAME",
     "COMMANDS_EXCHANGE",
     "COMMANDS_QUEUE",
     "DEAD_LETTER_EXCHANGE",
@@ -63,12 +64,12 @@ DELAY_TARGETS = {"poll": POLL_QUEUE, "commands": COMMANDS_QUEUE}
 # Operations routed through kunpay.commands (routing key = operation).
 COMMAND_ROUTING_KEYS = ("collect", "disburse", "refund", "retry")
 
-_APP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+APP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def validate_app_name(app: str) -> str:
     """App names become routing-key segments and queue names: keep them to [A-Za-z0-9_-]."""
-    if not _APP_NAME.match(app):
+    if not APP_NAME.match(app):
         raise ValueError(
             f"broker user {app!r} cannot be a kunpay app name: use 1-64 of A-Z a-z 0-9 _ -"
         )
@@ -86,7 +87,7 @@ def outcome_routing_key(app: str, transaction_id: object) -> str:
 
 
 def subscriber_queue(app: str, name: str) -> str:
-    if not _APP_NAME.match(name):
+    if not APP_NAME.match(name):
         raise ValueError(f"subscription name {name!r}: use 1-64 of A-Z a-z 0-9 _ -")
     return f"app.{app}.{name}"
 

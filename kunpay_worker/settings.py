@@ -7,14 +7,16 @@ never printed.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kunpay_sdk.money import CURRENCY_EXPONENTS
 from kunpay_sdk.msisdn import PROVIDER_OPERATORS
+from kunpay_sdk.topology import APP_NAME
 
 BACKENDS = ("MTN_MOMO", "PAWAPAY", "FLUTTERWAVE", "ORANGE_MP")
 
@@ -160,6 +162,32 @@ class JanitorSettings(BaseModel):
     batch: int = Field(500, ge=1)
 
 
+class AppPolicy(BaseModel):
+    """What one app (a broker user) may do. Apps not listed in KUNPAY_APPS get the defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Payouts (disburse) and reading the merchant balance: off unless enabled.
+    payouts: bool = False
+    refunds: bool = True
+    # Largest amount of one collection, payout or refund (any currency); unset: no limit.
+    max_amount: Decimal | None = Field(None, gt=0)
+
+
+class BrokerSetupSettings(BaseModel):
+    """``kunpay-worker broker-setup``: creates kunpay's RabbitMQ users through the management
+    API. The worker's user and vhost come from KUNPAY_AMQP_URL."""
+
+    management_url: str = "http://localhost:15672"
+    admin_user: str = "guest"
+    admin_password: SecretStr = SecretStr("guest")
+    # The operators' user (dead letters); not created when no password is set.
+    operator_user: str = "kunpay-operator"
+    operator_password: SecretStr | None = None
+    # App name (its broker user) → password.
+    apps: dict[str, SecretStr] = {}
+
+
 class PollSettings(BaseModel):
     # Seconds: first check after initiation, then each after the previous one.
     delays: list[float] = [15, 30, 60, 120, 240, 480]
@@ -197,6 +225,9 @@ class Settings(BaseSettings):
     poll: PollSettings = PollSettings()
     server: ServerSettings = ServerSettings()
     janitor: JanitorSettings = JanitorSettings()
+    # Per-app permissions and limits, by app name (its broker user).
+    apps: dict[str, AppPolicy] = {}
+    broker_setup: BrokerSetupSettings = BrokerSetupSettings()
 
     # Also accept MTN's sandbox test numbers and EUR (only for MTN's own sandbox).
     accept_sandbox_numbers: bool = False
@@ -245,6 +276,17 @@ class Settings(BaseSettings):
                 f"({self.http.total_timeout}s): a claim must outlive the call it guards"
             )
         return self
+
+    @field_validator("apps")
+    @classmethod
+    def _app_names(cls, value: dict[str, AppPolicy]) -> dict[str, AppPolicy]:
+        for name in value:
+            if not APP_NAME.match(name):
+                raise ValueError(f"app name {name!r}: use 1-64 of A-Z a-z 0-9 _ -")
+        return value
+
+    def policy(self, app: str) -> AppPolicy:
+        return self.apps.get(app, AppPolicy())
 
     def enabled_backends(self) -> set[str]:
         return set(self.providers.values())
