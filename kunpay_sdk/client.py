@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq.exceptions
+from aio_pika import ExchangeType
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
@@ -180,6 +181,7 @@ class KunPayClient:
         self._publish_channel: AbstractChannel | None = None
         self._commands: AbstractExchange | None = None
         self._rpc_channel: AbstractChannel | None = None
+        self._requests: AbstractExchange | None = None
         self._rpc_pending: dict[str, asyncio.Future[RpcReply]] = {}
         self._waiters: dict[uuid.UUID, set[asyncio.Future[Event]]] = {}
         self._outcome_queue: AbstractQueue | None = None
@@ -236,6 +238,9 @@ class KunPayClient:
         # Replies come back on direct reply-to: consume it on the channel that publishes requests.
         self._rpc_channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
+        )
+        self._requests = await self._rpc_channel.get_exchange(
+            topology.REQUESTS_EXCHANGE, ensure=False
         )
         reply_to = await self._rpc_channel.declare_queue(DIRECT_REPLY_TO, passive=True)
         await reply_to.consume(self._on_rpc_reply, no_ack=True)
@@ -564,8 +569,9 @@ class KunPayClient:
         return _required(reply.account_holder, "account_holder")
 
     async def _request(self, request: _AnyRequest, timeout: float | None) -> RpcReply:
-        if self._rpc_channel is None or self._closed:
+        if self._requests is None or self._closed:
             raise BrokerError("client is not connected")
+        requests = self._requests
         timeout = self.request_timeout if timeout is None else timeout
         correlation_id = uuid.uuid4().hex
         future: asyncio.Future[RpcReply] = asyncio.get_running_loop().create_future()
@@ -583,8 +589,8 @@ class KunPayClient:
             )
             try:
                 async with asyncio.timeout(timeout):
-                    await self._rpc_channel.default_exchange.publish(
-                        message, routing_key=topology.RPC_QUEUE, mandatory=True
+                    await requests.publish(
+                        message, routing_key=topology.RPC_ROUTING_KEY, mandatory=True
                     )
                     reply = await future
             except TimeoutError as exc:
@@ -733,16 +739,30 @@ class Subscription:
         channel = await self._connection.channel(publisher_confirms=False)
         self._channel = channel
         await channel.set_qos(prefetch_count=self._prefetch)
-        await channel.declare_queue(
+        dlx = await channel.declare_exchange(
+            topology.subscriber_dead_letter_exchange(self._app), ExchangeType.DIRECT, durable=True
+        )
+        dead = await channel.declare_queue(
             self.queue_name + ".dead-letter", durable=True, arguments={"x-queue-type": "quorum"}
         )
-        queue = await channel.declare_queue(
-            self.queue_name,
-            durable=True,
-            arguments=topology.subscriber_queue_arguments(
-                self._app, self._name, self._delivery_limit
-            ),
-        )
+        await dead.bind(dlx, routing_key=dead.name)
+        try:
+            queue = await channel.declare_queue(
+                self.queue_name,
+                durable=True,
+                arguments=topology.subscriber_queue_arguments(
+                    self._app, self._name, self._delivery_limit
+                ),
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            # The queue exists with other arguments (another delivery limit, or made by an
+            # earlier kunpay): use it as it is.
+            log.warning("%s exists with other arguments; using it as it is", self.queue_name)
+            await channel.close()
+            channel = await self._connection.channel(publisher_confirms=False)
+            self._channel = channel
+            await channel.set_qos(prefetch_count=self._prefetch)
+            queue = await channel.declare_queue(self.queue_name, passive=True)
         events = await channel.get_exchange(topology.EVENTS_EXCHANGE, ensure=False)
         await queue.bind(events)
         self._iterator = queue.iterator()

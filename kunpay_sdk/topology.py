@@ -39,12 +39,15 @@ __all__ = [
     "EVENTS_LOG_QUEUE",
     "OUTCOMES_EXCHANGE",
     "POLL_QUEUE",
+    "REQUESTS_EXCHANGE",
     "RPC_QUEUE",
+    "RPC_ROUTING_KEY",
     "Topology",
     "check",
     "declare",
     "delay_queue",
     "outcome_routing_key",
+    "subscriber_dead_letter_exchange",
     "subscriber_queue",
     "validate_app_name",
 ]
@@ -53,6 +56,10 @@ COMMANDS_EXCHANGE = "kunpay.commands"
 COMMANDS_QUEUE = "kunpay.commands"
 POLL_QUEUE = "kunpay.poll"
 RPC_QUEUE = "kunpay.rpc"
+# Requests reach kunpay.rpc through this exchange (routing key "rpc"), so an app's broker user
+# needs no write permission on the default exchange (which reaches every queue).
+REQUESTS_EXCHANGE = "kunpay.requests"
+RPC_ROUTING_KEY = "rpc"
 EVENTS_EXCHANGE = "kunpay.events"
 EVENTS_LOG_QUEUE = "kunpay.events.log"
 OUTCOMES_EXCHANGE = "kunpay.outcomes"
@@ -136,7 +143,9 @@ async def declare(channel: AbstractChannel, topology: Topology) -> None:
         await commands_queue.bind(commands, routing_key=key)
 
     await channel.declare_queue(POLL_QUEUE, durable=True, arguments=work_args)
-    await channel.declare_queue(RPC_QUEUE, durable=True)
+    rpc = await channel.declare_queue(RPC_QUEUE, durable=True)
+    requests = await channel.declare_exchange(REQUESTS_EXCHANGE, ExchangeType.DIRECT, durable=True)
+    await rpc.bind(requests, routing_key=RPC_ROUTING_KEY)
 
     for target, ms in topology.delay_tiers():
         await channel.declare_queue(
@@ -164,7 +173,7 @@ async def check(connection: aio_pika.abc.AbstractConnection) -> None:
     # A failed passive declare closes its channel: use a throwaway one.
     channel = await connection.channel(publisher_confirms=False)
     try:
-        for name in (COMMANDS_EXCHANGE, EVENTS_EXCHANGE, OUTCOMES_EXCHANGE):
+        for name in (COMMANDS_EXCHANGE, EVENTS_EXCHANGE, OUTCOMES_EXCHANGE, REQUESTS_EXCHANGE):
             await channel.get_exchange(name, ensure=True)
         await channel.get_queue(RPC_QUEUE, ensure=True)
     finally:
@@ -172,11 +181,17 @@ async def check(connection: aio_pika.abc.AbstractConnection) -> None:
             await channel.close()
 
 
+def subscriber_dead_letter_exchange(app: str) -> str:
+    """The app's own dead-letter exchange: its broker user may declare and write ``app.<app>.*``
+    but not the default exchange (which reaches every queue)."""
+    return f"app.{validate_app_name(app)}.dlx"
+
+
 def subscriber_queue_arguments(app: str, name: str, delivery_limit: int) -> Arguments:
     return {
         "x-queue-type": "quorum",
         "x-delivery-limit": delivery_limit,
-        "x-dead-letter-exchange": "",
+        "x-dead-letter-exchange": subscriber_dead_letter_exchange(app),
         "x-dead-letter-routing-key": subscriber_queue(app, name) + ".dead-letter",
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",

@@ -164,6 +164,23 @@ def sandbox(
     web.run_app(application, host=host, port=port, print=None, access_log=None)
 
 
+@app.command("broker-setup")
+def broker_setup_command() -> None:
+    """Create or update kunpay's RabbitMQ users (worker, operators, apps) through the
+    management API; safe to run again. See KUNPAY_BROKER_SETUP__* and the README."""
+    from kunpay_worker.broker_setup import BrokerSetupError
+    from kunpay_worker.broker_setup import run as setup
+
+    settings = _settings()
+    try:
+        done = asyncio.run(setup(settings))
+    except BrokerSetupError as exc:
+        err.print(f"[red]broker set-up failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    for line in done:
+        typer.echo(line)
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of every command, event and request (for apps in other languages)."""

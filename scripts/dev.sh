@@ -43,6 +43,7 @@ venv() {
 rabbitmq() {
   if command -v rabbitmq-diagnostics >/dev/null 2>&1 && as_root rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
     say "RabbitMQ is running"
+    management
     return
   fi
   command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
@@ -59,6 +60,23 @@ rabbitmq() {
     sleep 1
   done
   say "RabbitMQ is up"
+  management
+}
+
+management() { # the management API: `kunpay-worker broker-setup` (and its tests) use it
+  if ! as_root rabbitmq-plugins -q list -e rabbitmq_management 2>/dev/null | grep -q rabbitmq_management; then
+    say "enabling RabbitMQ's management plugin"
+    as_root rabbitmq-plugins -q enable rabbitmq_management >/dev/null
+  fi
+  local waited=0
+  until (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null; do
+    waited=$((waited + 1))
+    if [ "$waited" -ge 120 ]; then
+      echo "RabbitMQ's management API did not answer on 15672 within 120 s" >&2
+      exit 1
+    fi
+    sleep 1
+  done
 }
 
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }

@@ -14,6 +14,7 @@ from kunpay_sdk.errors import ValidationError
 from kunpay_worker.domain.fees import FeeError, split_gross
 from kunpay_worker.engine import Engine
 from kunpay_worker.handlers.common import proceed
+from kunpay_worker.handlers.permissions import payment_refusal
 from kunpay_worker.providers.base import CAPABILITY_FOR
 from kunpay_worker.providers.registry import rejection_for
 from kunpay_worker.settings import Settings
@@ -93,6 +94,8 @@ async def handle(
                 settings, fields.provider, CAPABILITY_FOR[kind], fields.currency, fields.operator
             ),
         )
+        if new.rejection is None:
+            new.rejection = payment_refusal(settings, app, kind, fields.amount)
         if new.rejection is None and command.payment_type is not None:
             await _price(new, command.payment_type, fields)
         fingerprint = command_fingerprint(

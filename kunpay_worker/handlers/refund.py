@@ -5,6 +5,7 @@ from __future__ import annotations
 from kunpay_sdk.contracts import RefundCommand
 from kunpay_worker.engine import Engine
 from kunpay_worker.handlers.common import proceed
+from kunpay_worker.handlers.permissions import amount_refusal, refund_refusal
 from kunpay_worker.providers.base import Capability
 from kunpay_worker.providers.registry import BACKENDS, backend_rejection
 from kunpay_worker.settings import Settings
@@ -15,7 +16,10 @@ __all__ = ["handle"]
 
 async def handle(command: RefundCommand, app: str, engine: Engine, settings: Settings) -> None:
     support = RefundSupport(
-        rejection=lambda backend: backend_rejection(settings, backend, Capability.REFUND),
+        rejection=lambda backend: (
+            refund_refusal(settings, app) or backend_rejection(settings, backend, Capability.REFUND)
+        ),
+        amount_refusal=lambda amount: amount_refusal(settings, app, amount),
         partial=lambda backend: (
             backend in BACKENDS
             and Capability.PARTIAL_REFUND in BACKENDS[backend].available(settings)

@@ -26,6 +26,7 @@ from kunpay_sdk.errors import ValidationError
 from kunpay_sdk.msisdn import parse_msisdn
 from kunpay_worker.domain.fees import FeeError, gross_for
 from kunpay_worker.engine import Engine
+from kunpay_worker.handlers.permissions import balance_refusal
 from kunpay_worker.messaging import Publisher
 from kunpay_worker.providers.base import Capability
 from kunpay_worker.providers.errors import ProviderError
@@ -71,6 +72,9 @@ class Answers:
         if isinstance(request, QuoteRequest):
             return await self.quote(request)
         if isinstance(request, BalanceRequest):
+            refused = balance_refusal(self.settings, app)
+            if refused is not None:
+                return _error("forbidden", refused)
             return await self.balance(request)
         return await self.account_holder(request)
 

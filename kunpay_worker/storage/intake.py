@@ -253,6 +253,8 @@ class RefundSupport:
 
     rejection: Callable[[str | None], str | None]  # why this backend cannot refund, or None
     partial: Callable[[str | None], bool]
+    # Why this app may not refund that much (its limit), or None.
+    amount_refusal: Callable[[Decimal], str | None] = lambda _amount: None
 
 
 async def take_in_refund(
@@ -307,6 +309,9 @@ async def take_in_refund(
             )
         except RefundRefused as exc:
             new.rejection = f"NOT_REFUNDABLE: {exc}"
+            return new
+        new.rejection = support.amount_refusal(new.amount)
+        if new.rejection is not None:
             return new
         # Reserved under the original's lock, in the transaction that creates the refund.
         await Transaction.filter(id=original.id).update(

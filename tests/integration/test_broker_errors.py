@@ -35,7 +35,9 @@ async def fake_topology(url: str, *, commands_queue: dict[str, Any] | None) -> N
         commands = await channel.declare_exchange(topology.COMMANDS_EXCHANGE, ExchangeType.DIRECT)
         await channel.declare_exchange(topology.EVENTS_EXCHANGE, ExchangeType.FANOUT)
         await channel.declare_exchange(topology.OUTCOMES_EXCHANGE, ExchangeType.TOPIC)
-        await channel.declare_queue(topology.RPC_QUEUE)
+        rpc = await channel.declare_queue(topology.RPC_QUEUE)
+        requests = await channel.declare_exchange(topology.REQUESTS_EXCHANGE, ExchangeType.DIRECT)
+        await rpc.bind(requests, routing_key=topology.RPC_ROUTING_KEY)
         if commands_queue is not None:
             queue = await channel.declare_queue(topology.COMMANDS_QUEUE, arguments=commands_queue)
             await queue.bind(commands, routing_key="collect")
