@@ -21,6 +21,7 @@ from aiohttp import web
 from tortoise import Tortoise
 
 from kunpay_sdk import topology
+from kunpay_worker import dlq
 from kunpay_worker.domain.schedule import to_ms
 from kunpay_worker.engine import Engine
 from kunpay_worker.handlers import handle_command
@@ -175,6 +176,8 @@ class Worker:
                         topology.POLL_QUEUE,
                         dispatcher.wrap("poll", functools.partial(handle_poll, engine=engine)),
                     ),
+                    # Commit the copy, then ack: operators browse and replay rows.
+                    (topology.DEAD_LETTER_QUEUE, dlq.consume),
                     (
                         topology.RPC_QUEUE,
                         functools.partial(

@@ -36,6 +36,15 @@ def _payment_types() -> typer.Typer:
 app.add_typer(_payment_types(), name="payment-types")
 
 
+def _dlq() -> typer.Typer:
+    from kunpay_worker.dlq_cli import app as dlq
+
+    return dlq
+
+
+app.add_typer(_dlq(), name="dlq")
+
+
 def _operator_commands() -> None:
     from kunpay_worker.operator import pending, resolve
 

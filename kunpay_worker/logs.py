@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-__all__ = ["configure", "mask_event"]
+__all__ = ["configure", "mask_event", "mask_value"]
 
 _SECRET_KEY = re.compile(r"(?i)(secret|password|passwd|token|api_?key|pin|authorization|cookie)")
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]+):[^@\s]+@", re.I)
@@ -29,6 +29,11 @@ def _mask_value(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_mask_value(v) for v in value]
     return value
+
+
+def mask_value(value: Any) -> Any:
+    """A value (text, or JSON-like data) with secrets and phone numbers masked."""
+    return _mask_value(value)
 
 
 def mask_event(

@@ -9,11 +9,12 @@ only when publishing its retry failed, and then the queue's ``x-delivery-limit``
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import aio_pika
 import aiormq.exceptions
@@ -21,13 +22,34 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from kunpay_sdk import topology
+from kunpay_sdk.contracts import CollectCommand, DisburseCommand, RefundCommand, RetryCommand
 from kunpay_worker.domain.schedule import retry_delay, tier_for, to_ms
+from kunpay_worker.metrics import COMMANDS, DEAD_LETTERED
 
-__all__ = ["Delivery", "Dispatcher", "Publisher", "Reject", "Retry", "can_impersonate"]
+__all__ = [
+    "Delivery",
+    "Dispatcher",
+    "Publisher",
+    "Reject",
+    "Retry",
+    "can_impersonate",
+    "command_type",
+]
 
 log = structlog.get_logger("kunpay.messaging")
 
 ATTEMPT_HEADER = "x-kunpay-attempt"
+ORIGINAL_ID_HEADER = "x-kunpay-message-id"
+
+COMMAND_TYPES = frozenset(
+    str(model.model_fields["operation"].default)
+    for model in (CollectCommand, DisburseCommand, RefundCommand, RetryCommand)
+)
+
+# What became of a delivery: acked after its handler returned, republished to a delay tier,
+# dead-lettered, handler raised something else (then retried), or back on its queue because
+# the retry or dead letter could not be published.
+Outcome = Literal["handled", "retried", "dead_lettered", "failed", "requeued"]
 
 
 class Retry(Exception):
@@ -93,11 +115,24 @@ class Publisher:
         await target.publish(message, routing_key, mandatory=mandatory, timeout=self.timeout)
 
 
+def command_type(body: bytes) -> str:
+    """The command's ``operation`` for the metrics label, "unknown" when the body has none of
+    the known ones (not JSON, not an object, another value: the label stays bounded)."""
+    try:
+        operation = json.loads(body).get("operation")
+    except (ValueError, AttributeError):
+        return "unknown"
+    return operation if isinstance(operation, str) and operation in COMMAND_TYPES else "unknown"
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
 def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    if message.message_id is not None:
+        # The first publisher's id, kept through retries and into the dead-letter table.
+        headers.setdefault(ORIGINAL_ID_HEADER, message.message_id)
     return aio_pika.Message(
         body=message.body,
         headers=headers,
@@ -114,7 +149,9 @@ def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika
 
 
 class Dispatcher:
-    """Wraps handlers: ack, delayed retry, or dead-letter; counts in-flight work."""
+    """Wraps handlers: ack, delayed retry, or dead-letter; counts in-flight work, and counts
+    each command delivery by type and outcome (``kunpay_commands_total``) and each dead letter
+    by reason (``kunpay_dead_lettered_total``)."""
 
     def __init__(
         self,
@@ -164,19 +201,26 @@ class Dispatcher:
         previous = headers.get(ATTEMPT_HEADER, 0)
         attempt = (previous if isinstance(previous, int) else 0) + 1
         delivery = Delivery(message, attempt, self.max_attempts)
+        outcome: Outcome
         try:
             await handler(delivery)
         except Reject as verdict:
-            await self.dead_letter(message, verdict.reason, verdict.detail, attempt=attempt)
+            outcome = await self.dead_letter(
+                message, verdict.reason, verdict.detail, attempt=attempt
+            )
         except Retry as verdict:
-            await self._retry(
+            outcome = await self._retry(
                 target, message, attempt, verdict.reason, verdict.delay, verdict.keep_trying
             )
         except Exception as exc:
             log.exception("handler failed", queue=target, message_id=message.message_id)
             await self._retry(target, message, attempt, f"{type(exc).__name__}: {exc}", None, False)
+            outcome = "failed"
         else:
             await _settle(message.ack())
+            outcome = "handled"
+        if target == "commands":
+            COMMANDS.labels(command_type(message.body), outcome).inc()
 
     async def _retry(
         self,
@@ -186,23 +230,21 @@ class Dispatcher:
         reason: str,
         delay: float | None,
         keep_trying: bool,
-    ) -> None:
+    ) -> Outcome:
         if attempt >= self.max_attempts:
             if not keep_trying:
-                await self.dead_letter(message, "retries_exhausted", reason, attempt=attempt)
-                return
+                return await self.dead_letter(message, "retries_exhausted", reason, attempt=attempt)
             log.error(
                 "message keeps failing; retrying", queue=target, attempt=attempt, reason=reason
             )
         if self.own_user is not None and message.user_id not in (None, self.own_user):
-            await self.dead_letter(
+            return await self.dead_letter(
                 message,
                 "cannot_retry_identity",
                 f"{reason}; the worker's broker user needs the impersonator tag to retry a "
                 f"command of {message.user_id!r}",
                 attempt=attempt,
             )
-            return
         seconds = delay if delay is not None else retry_delay(attempt, self.retry_delays)
         tier = tier_for(to_ms(seconds), self.delay_tiers_ms[target])
         headers = dict(message.headers or {})
@@ -223,13 +265,16 @@ class Dispatcher:
             log.warning("could not schedule a retry; returning the message", error=repr(exc))
             # Bounded by the queue's x-delivery-limit, which dead-letters after that many.
             await _settle(message.nack(requeue=True))
-            return
+            return "requeued"
         log.info("retry scheduled", queue=target, attempt=attempt, delay_ms=tier, reason=reason)
         await _settle(message.ack())
+        return "retried"
 
     async def dead_letter(
         self, message: AbstractIncomingMessage, reason: str, detail: str, *, attempt: int
-    ) -> None:
+    ) -> Outcome:
+        """Publish a copy to the dead-letter exchange (with why, in ``x-kunpay-*`` headers),
+        then ack; "requeued" when the copy could not be published."""
         headers = dict(message.headers or {})
         now = _now().isoformat()
         headers.update(
@@ -251,11 +296,13 @@ class Dispatcher:
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
             log.warning("could not dead-letter; returning the message", error=repr(exc))
             await _settle(message.nack(requeue=True))  # bounded by x-delivery-limit
-            return
+            return "requeued"
+        DEAD_LETTERED.labels(reason).inc()
         log.warning(
             "dead-lettered", reason=reason, detail=detail[:200], message_id=message.message_id
         )
         await _settle(message.ack())
+        return "dead_lettered"
 
 
 async def _settle(action: Awaitable[Any]) -> None:

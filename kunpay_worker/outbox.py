@@ -5,12 +5,27 @@ the state change they announce. The relay claims rows (``FOR UPDATE SKIP LOCKED`
 PostgreSQL; a lease guarded by a conditional update everywhere), publishes them with confirms,
 and deletes them. A crash between publish and delete republishes: delivery is at-least-once and
 subscribers dedupe on ``event_id``.
+
+The relay also counts status transitions (``kunpay_transitions_total``): each published event
+that announces one. Counting here rather than in ``repository.set_status`` because a row reaches
+the relay only once its DB transaction committed (set_status runs inside transactions that can
+still roll back, e.g. on a LostRace), and because transitions committed by other processes
+(``kunpay-worker resolve``) are published, hence counted, by a worker, whose ``/metrics`` is
+scraped. The trade-offs: a transition is counted when its event goes out, not when it is
+committed (later while the broker is down); and an event published twice is counted twice when
+two processes publish it (a worker that crashed between publish and delete, or whose lease ran
+out). Within one process, recently counted event ids are remembered, so a row republished after
+its delete failed is counted once. Same-status reason updates emit no event and are no
+transition; ``payment.duplicate_detected`` and conflict rejections without a transaction are
+events but no transition, and are not counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from collections import OrderedDict
 from datetime import timedelta
 
 import aio_pika
@@ -20,7 +35,9 @@ from tortoise.expressions import F, Q
 from tortoise.transactions import in_transaction
 
 from kunpay_sdk import topology
+from kunpay_sdk.contracts import EventType
 from kunpay_worker.messaging import Publisher
+from kunpay_worker.metrics import TRANSITIONS
 from kunpay_worker.storage.models import OutboxKind, OutboxMessage
 from kunpay_worker.storage.repository import utcnow
 
@@ -29,6 +46,10 @@ __all__ = ["OutboxRelay"]
 log = structlog.get_logger("kunpay.outbox")
 
 PUBLISH_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError)
+
+# Event ids remembered so a republished transition is counted once: far more than a worker
+# publishes within one lease (when a row whose delete failed goes out again).
+COUNTED_EVENTS = 10_000
 
 
 class OutboxRelay:
@@ -41,6 +62,7 @@ class OutboxRelay:
         self._lease = lease
         self._wake = asyncio.Event()
         self.published = 0
+        self._counted: OrderedDict[str, None] = OrderedDict()
 
     def notify(self) -> None:
         """A handler committed outbox rows: publish them now rather than at the next sweep."""
@@ -139,7 +161,38 @@ class OutboxRelay:
                 error=repr(exc),
             )
             return False
+        if row.kind is OutboxKind.EVENT:
+            self._count_transition(row)
         return True
+
+    def _count_transition(self, row: OutboxMessage) -> None:
+        """``kunpay_transitions_total`` for a published event that announces a transition
+        (see the module's docstring)."""
+        event_id = str(row.headers.get("event_id") or "")
+        if event_id in self._counted:
+            return
+        transition = _transition(row)
+        if transition is None:
+            return
+        if event_id:
+            self._counted[event_id] = None
+            if len(self._counted) > COUNTED_EVENTS:
+                self._counted.popitem(last=False)
+        TRANSITIONS.labels(*transition).inc()
+
+
+def _transition(row: OutboxMessage) -> tuple[str, str] | None:
+    """(transaction type, new status) of the transition an event row announces, or None."""
+    if row.message_type == EventType.DUPLICATE_DETECTED:
+        return None
+    try:
+        snapshot = json.loads(row.body).get("transaction")
+        if snapshot is None:
+            return None  # a command rejected for an idempotency conflict: no transaction moved
+        return str(snapshot["type"]), str(snapshot["status"])
+    except (ValueError, AttributeError, KeyError, TypeError):
+        log.warning("outbox event without a readable transaction", outbox_id=row.id)
+        return None
 
 
 def _message(row: OutboxMessage) -> aio_pika.Message:

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from kunpay_worker.metrics import PROVIDER_CALL_SECONDS, PROVIDER_CALLS, PROVIDER_CALLS_SKIPPED
 from kunpay_worker.providers.base import AttemptRecord, AttemptRecorder, mask_payload, mask_text
 from kunpay_worker.providers.errors import (
     ProviderAuthFailed,
@@ -107,6 +108,7 @@ class ProviderHttp:
                 async with asyncio.timeout(self._slot_wait):
                     await self._slots.acquire()
             except TimeoutError:
+                PROVIDER_CALLS_SKIPPED.labels(self.provider, "no_slot").inc()
                 # Nothing was sent: the caller may try again later, safely.
                 raise ProviderThrottled(
                     f"{self.provider}: all {self._max_concurrent} call slots stayed busy for "
@@ -115,7 +117,11 @@ class ProviderHttp:
                 ) from None
         try:
             if self.breaker is not None:
-                self.breaker.before_call()
+                try:
+                    self.breaker.before_call()
+                except ProviderCircuitOpen:
+                    PROVIDER_CALLS_SKIPPED.labels(self.provider, "circuit_open").inc()
+                    raise
             return await self._request(
                 method, path, operation=operation, transaction_id=transaction_id,
                 headers=headers, json_body=json_body, form=form, params=params,
@@ -144,6 +150,7 @@ class ProviderHttp:
         status: int | None = None
         raw: bytes | None = None
         error: str | None = None
+        outcome = "error"  # the metrics label; stays "error" when cancelled mid-call
         try:
             async with self._session.request(
                 method,
@@ -156,10 +163,12 @@ class ProviderHttp:
             ) as resp:
                 status = resp.status
                 raw = await resp.read()
+                outcome = str(status)
                 if self.breaker is not None:
                     self.breaker.record(ok=status < 500)
                 return HttpResponse(status, raw, resp.headers)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            outcome = _failure_label(exc)
             error = f"{type(exc).__name__}: {exc}"
             if self.breaker is not None:
                 self.breaker.record(ok=False)
@@ -167,6 +176,7 @@ class ProviderHttp:
                 f"could not connect to {self.provider} ({error})", provider=self.provider
             ) from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
+            outcome = _failure_label(exc)
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if self.breaker is not None:
                 self.breaker.record(ok=False)
@@ -175,6 +185,9 @@ class ProviderHttp:
                 f"{self.provider} call failed, {what} ({error})", provider=self.provider
             ) from exc
         finally:
+            elapsed = time.perf_counter() - started
+            PROVIDER_CALLS.labels(self.provider, operation, outcome).inc()
+            PROVIDER_CALL_SECONDS.labels(self.provider, operation).observe(elapsed)
             if self._recorder is not None:
                 logged: Any = json_body
                 if form is not None:
@@ -192,9 +205,18 @@ class ProviderHttp:
                         response_status=status,
                         response_body=_masked_text(raw),
                         error=error,
-                        duration_ms=round((time.perf_counter() - started) * 1000),
+                        duration_ms=round(elapsed * 1000),
                     )
                 )
+
+
+def _failure_label(exc: BaseException) -> str:
+    """The ``status`` label of a provider call that got no answer."""
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts, the connect timeout included
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectionError):  # refused, reset, disconnected
+        return "connection_error"
+    return "error"
 
 
 class CircuitBreaker:

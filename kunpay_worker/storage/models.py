@@ -244,10 +244,17 @@ class DeadLetter(Model):
     """A copy of each message that reached kunpay.dead-letter, for operators to browse/replay."""
 
     id = fields.BigIntField(primary_key=True)
+    # sha256 of the dead-lettered message (body and headers): a copy stored twice is one row.
+    fingerprint = fields.CharField(max_length=64, unique=True, null=True)
     message_id = fields.CharField(max_length=200, null=True)
     source_queue = fields.CharField(max_length=255, null=True)
+    # Where it was published to, and where a replay sends it again.
+    exchange = fields.CharField(max_length=255, null=True)
     routing_key = fields.CharField(max_length=255, null=True)
-    reason = fields.CharField(max_length=100)
+    app = fields.CharField(max_length=64, null=True, db_index=True)
+    # The AMQP properties to publish it with again (content type, ids, type).
+    properties: Any = fields.JSONField(default=dict)
+    reason = fields.CharField(max_length=100, db_index=True)
     error = fields.TextField(null=True)
     headers: Any = fields.JSONField(default=dict)
     body = fields.BinaryField()
@@ -255,7 +262,7 @@ class DeadLetter(Model):
     first_failed_at = fields.DatetimeField(null=True)
     last_failed_at = fields.DatetimeField(null=True)
     created_at = fields.DatetimeField()
-    replayed_at = fields.DatetimeField(null=True)
+    replayed_at = fields.DatetimeField(null=True, db_index=True)
 
     class Meta:
         table = "dead_letters"

@@ -34,6 +34,7 @@ from kunpay_worker.domain.lifecycle import plan_transition
 from kunpay_worker.domain.schedule import next_poll_delay, tier_for, to_ms
 from kunpay_worker.providers.base import AttemptRecord
 from kunpay_worker.storage.models import (
+    DeadLetter,
     Initiation,
     Lease,
     OutboxKind,
@@ -741,6 +742,16 @@ async def pending_counts() -> tuple[int, int]:
     pending = await Transaction.filter(status=Status.PENDING).count()
     stale = await Transaction.filter(status=Status.PENDING, stale=True).count()
     return pending, stale
+
+
+async def outbox_backlog() -> int:
+    """Outbox rows not yet published (leased ones included)."""
+    return await OutboxMessage.all().count()
+
+
+async def unreplayed_dead_letters() -> int:
+    """Dead letters in the table that nobody replayed yet."""
+    return await DeadLetter.filter(replayed_at__isnull=True).count()
 
 
 async def overdue(grace: float, limit: int) -> list[uuid.UUID]:

@@ -16,7 +16,7 @@ import socket
 import sqlite3
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,13 @@ async def run(*cmd: str, env: dict[str, str] | None = None, timeout: float = 60)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out.decode()}")
     return out.decode()
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
+    """Wait for a condition nothing announces (a sandbox's state, a row), with a deadline."""
+    async with asyncio.timeout(timeout):
+        while not await condition():  # noqa: ASYNC110 - nothing announces these: look again
+            await asyncio.sleep(0.05)
 
 
 def free_port() -> int:

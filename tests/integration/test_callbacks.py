@@ -29,6 +29,7 @@ from tests.integration.harness import (
     create_vhost,
     delete_vhost,
     run,
+    until,
 )
 
 pytestmark = pytest.mark.integration
@@ -82,13 +83,6 @@ async def collect(client: KunPayClient, provider: str, number: str) -> uuid.UUID
 
 def about(tx_id: uuid.UUID, event: str) -> Callable[[dict[str, Any]], bool]:
     return lambda r: r.get("event") == event and r.get("transaction_id") == str(tx_id)
-
-
-async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
-    """Wait for a condition nothing announces (a sandbox's state, a row), with a deadline."""
-    async with asyncio.timeout(timeout):
-        while not await condition():  # noqa: ASYNC110 - nothing announces these: look again
-            await asyncio.sleep(0.05)
 
 
 async def forge(stack: Stack, reference: str, tx_id: uuid.UUID) -> dict[str, Any]:
