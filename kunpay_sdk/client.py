@@ -8,7 +8,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -125,6 +125,23 @@ class Accepted:
     transaction_id: uuid.UUID
     command_id: uuid.UUID
     idempotency_key: str
+
+
+class _CaughtUp:
+    """An event read back from the ``kunpay.events.log`` stream (``events(since=...)``): the
+    stream cannot take it back, so a failing handler's exception always propagates; start
+    again with ``since=event.occurred_at`` to resume from it."""
+
+    __slots__ = ("_message",)
+
+    def __init__(self, message: AbstractIncomingMessage) -> None:
+        self._message = message
+
+    @contextlib.asynccontextmanager
+    async def process(self, *, reraise: bool) -> AsyncIterator[None]:
+        del reraise  # a catch-up event is never swallowed: it could not come back
+        yield
+        await self._message.ack()
 
 
 class _Delivery:
@@ -690,7 +707,14 @@ class KunPayClient:
 
     # -- subscriptions -----------------------------------------------------------------------
 
-    def events(self, queue: str, *, prefetch: int = 16, delivery_limit: int = 5) -> Subscription:
+    def events(
+        self,
+        queue: str,
+        *,
+        since: datetime | None = None,
+        prefetch: int = 16,
+        delivery_limit: int = 5,
+    ) -> Subscription:
         """Lifecycle events of every transaction of this app's broker, from the durable queue
         ``app.<app>.<queue>``::
 
@@ -701,13 +725,22 @@ class KunPayClient:
         The queue is created and bound on first use (or by ``await subscription.start()``) and
         keeps events while nobody consumes. An event whose handler fails ``delivery_limit``
         times moves to ``app.<app>.<queue>.dead-letter``.
+
+        ``since`` (timezone-aware): first the events published from then on, read back from the
+        ``kunpay.events.log`` stream (kept 7 days), for a subscriber that is new or was down
+        longer than its queue existed; then the queue's. Events seen in both come once. A
+        handler failing on a read-back event raises (the stream cannot take it back): start
+        again with ``since=event.occurred_at``.
         """
+        if since is not None and since.tzinfo is None:
+            raise ValueError("since must be timezone-aware (e.g. datetime.now(UTC))")
         return Subscription(
             self._connection,
             app=self.app,
             name=queue,
             prefetch=prefetch,
             delivery_limit=delivery_limit,
+            since=since,
         )
 
 
@@ -722,6 +755,8 @@ class Subscription:
         name: str,
         prefetch: int,
         delivery_limit: int,
+        since: datetime | None = None,
+        catch_up_idle: float = 1.0,
     ) -> None:
         self.queue_name = topology.subscriber_queue(app, name)
         self._connection = connection
@@ -731,6 +766,13 @@ class Subscription:
         self._delivery_limit = delivery_limit
         self._channel: AbstractChannel | None = None
         self._iterator: Any = None
+        self._since = since
+        self._catch_up_idle = catch_up_idle
+        self._stream_channel: AbstractChannel | None = None
+        self._stream: Any = None
+        self._bound_at: datetime | None = None
+        # Ids of read-back events the queue may hold too (published around the binding).
+        self._seen: set[uuid.UUID] = set()
 
     async def start(self) -> Self:
         """Declare and bind the queue now, so events published from here on are kept."""
@@ -765,14 +807,63 @@ class Subscription:
             queue = await channel.declare_queue(self.queue_name, passive=True)
         events = await channel.get_exchange(topology.EVENTS_EXCHANGE, ensure=False)
         await queue.bind(events)
+        self._bound_at = datetime.now(UTC)
+        if self._since is not None:
+            stream_channel = await self._connection.channel(publisher_confirms=False)
+            self._stream_channel = stream_channel
+            await stream_channel.set_qos(prefetch_count=self._prefetch)  # streams need it
+            log_queue = await stream_channel.declare_queue(topology.EVENTS_LOG_QUEUE, passive=True)
+            self._stream = log_queue.iterator(arguments={"x-stream-offset": self._since})
         self._iterator = queue.iterator()
         return self
 
+    async def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await stream.close()
+        if self._stream_channel is not None and not self._stream_channel.is_closed:
+            await self._stream_channel.close()
+        self._stream_channel = None
+
     async def close(self) -> None:
+        await self._close_stream()
         if self._iterator is not None:
             await self._iterator.close()
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
+
+    async def _caught_up(self) -> Event | None:
+        """The next read-back event, or None once the stream has nothing older than the
+        queue's (it went quiet, or reached events published surely after the binding)."""
+        bound_at = self._bound_at or datetime.now(UTC)  # set by start(), which ran first
+        # Clocks differ between machines: this much around the binding counts as "maybe both".
+        skew = timedelta(seconds=60)
+        while self._stream is not None:
+            try:
+                async with asyncio.timeout(self._catch_up_idle):
+                    message: AbstractIncomingMessage = await self._stream.__anext__()
+            except (TimeoutError, StopAsyncIteration):
+                await self._close_stream()
+                return None
+            try:
+                event = Event.model_validate_json(message.body)
+            except PydanticValidationError:
+                log.warning("unreadable event %s in the events log; skipped", message.message_id)
+                await message.ack()
+                continue
+            if self._since is not None and event.occurred_at < self._since:
+                await message.ack()  # a timestamp offset starts at a chunk: older ones too
+                continue
+            if event.occurred_at >= bound_at + skew:
+                # Published after the binding: the queue has it and everything after it.
+                await message.ack()
+                await self._close_stream()
+                return None
+            if event.occurred_at >= bound_at - skew:
+                self._seen.add(event.event_id)
+            event._delivery = _CaughtUp(message)
+            return event
+        return None
 
     async def __aenter__(self) -> Self:
         return await self.start()
@@ -785,6 +876,10 @@ class Subscription:
 
     async def __anext__(self) -> Event:
         await self.start()
+        if self._stream is not None:
+            caught_up = await self._caught_up()
+            if caught_up is not None:
+                return caught_up
         while True:
             message: AbstractIncomingMessage = await self._iterator.__anext__()
             try:
@@ -796,6 +891,10 @@ class Subscription:
                     self.queue_name,
                 )
                 await message.reject(requeue=False)
+                continue
+            if event.event_id in self._seen:
+                self._seen.discard(event.event_id)
+                await message.ack()  # already handed over from the events log
                 continue
             event._delivery = _Delivery(message)
             return event

@@ -54,6 +54,7 @@ async def handle_command(delivery: Delivery, *, engine: Engine, settings: Settin
         transaction_id=str(command.transaction_id),
         correlation_id=command.correlation_id,
         operation=command.operation,
+        provider=getattr(command, "provider", None),  # refunds and retries: their original's
         attempt=delivery.attempt,
     )
     try:

@@ -1,14 +1,16 @@
-"""A worker killed at the worst moment: the provider has the request, the worker never heard."""
+"""Workers stopped at the worst moments: killed while the provider holds the reply, and SIGTERM
+under load."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from decimal import Decimal
 
 import pytest
 
 from kunpay_sdk import EventType, Status
-from tests.integration.harness import EventLog, Stack
+from tests.integration.harness import GOOD, EventLog, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -56,3 +58,41 @@ async def test_a_worker_killed_while_the_provider_holds_the_reply_charges_once(
             assert second.errors() == []
         finally:
             await events.close()
+
+
+async def test_sigterm_under_load_loses_and_duplicates_nothing(own_stack: Stack) -> None:
+    """SIGTERM while commands keep arriving and sends and checks are in flight: the worker
+    finishes what it holds and exits 0, the next worker completes the rest; one request per
+    payment, one outcome event per payment."""
+    stack = own_stack
+    worker = await stack.start_worker()
+    count = 60
+    async with await stack.client() as client:
+        events = await EventLog(client).start()
+        try:
+
+            async def publish() -> list[uuid.UUID]:
+                return [
+                    (await client.collect(**{**GOOD, "order_id": f"load-{i}"})).transaction_id
+                    for i in range(count)
+                ]
+
+            publishing = asyncio.create_task(publish())
+            await worker.wait_log(lambda r: r.get("event") == "command handled")
+            assert await worker.stop() == 0, worker.tail()
+            handled = sum(1 for r in worker.lines if r.get("event") == "command handled")
+            ids = await publishing
+
+            await stack.start_worker()
+            finals = [await events.final(tx, timeout=30) for tx in ids]
+        finally:
+            await events.close()
+    assert 0 < handled < count  # stopped mid-load: the next worker had work left
+    assert [f.type for f in finals] == [EventType.SUCCEEDED] * count
+    for tx in ids:
+        outcomes = [e for e in events.of(tx) if e.is_final]
+        assert len(outcomes) == 1, (tx, [e.type for e in events.of(tx)])
+    references = await stack.db.fetch("SELECT provider_reference FROM transactions")
+    assert len(references) == count
+    assert all(stack.mtn.initiations[str(r["provider_reference"])] == 1 for r in references)
+    assert not worker.errors(), worker.tail()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import aio_pika
 import pytest
 
 from kunpay_sdk import Event, EventType, KunPayClient
-from tests.integration.harness import Stack
+from tests.integration.harness import GOOD, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +73,65 @@ async def test_a_failing_handler_sends_the_event_to_the_subscribers_dead_letter_
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await subscription.close()
+
+
+async def test_a_new_subscriber_catches_up_from_the_events_log_then_follows_its_queue(
+    client: KunPayClient,
+) -> None:
+    since = datetime.now(UTC)
+    orders = [f"before-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    earlier = []
+    for order in orders:
+        accepted = await client.collect(**{**GOOD, "order_id": order})
+        earlier.append(accepted.transaction_id)
+    for tx in earlier:
+        await client.wait(tx, timeout=15)
+
+    # Nobody listened then. A subscriber started now, with since=, gets them first...
+    subscription = client.events(queue=f"late-{uuid.uuid4().hex[:8]}", since=since)
+    seen: list[Event] = []
+    later: uuid.UUID | None = None
+    try:
+        async with asyncio.timeout(30):
+            async for event in subscription:
+                async with event.process(reraise=True):
+                    seen.append(event)
+                mine = {e.transaction.id for e in seen if e.transaction and e.is_final}
+                if later is None and set(earlier) <= mine:
+                    # ...then what happens next, through its queue.
+                    later = (await client.collect(**{**GOOD, "order_id": "after"})).transaction_id
+                if later is not None and later in mine:
+                    break
+    finally:
+        await subscription.close()
+    ids = [e.event_id for e in seen]
+    assert len(ids) == len(set(ids)), "an event came twice"
+    assert all(e.occurred_at >= since for e in seen)
+    for tx in [*earlier, later]:
+        types = [e.type for e in seen if e.transaction and e.transaction.id == tx]
+        assert types == [EventType.INITIATED, EventType.SUCCEEDED], (tx, types)
+
+
+async def test_without_since_a_new_subscriber_gets_only_what_comes_next(
+    client: KunPayClient,
+) -> None:
+    before = await client.collect(**{**GOOD, "order_id": f"old-{uuid.uuid4().hex[:8]}"})
+    await client.wait(before.transaction_id, timeout=15)
+    subscription = await client.events(queue=f"fresh-{uuid.uuid4().hex[:8]}").start()
+    try:
+        after = await client.collect(**{**GOOD, "order_id": f"new-{uuid.uuid4().hex[:8]}"})
+        async with asyncio.timeout(20):
+            async for event in subscription:
+                async with event.process(reraise=True):
+                    assert event.transaction is not None
+                    assert event.transaction.id != before.transaction_id
+                if event.transaction.id == after.transaction_id and event.is_final:
+                    break
+    finally:
+        await subscription.close()
+
+
+async def test_since_must_say_its_time_zone(client: KunPayClient) -> None:
+    naive = datetime.fromisoformat("2026-01-01T00:00:00")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        client.events("q", since=naive)
