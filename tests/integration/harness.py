@@ -89,6 +89,8 @@ WORKER_ENV = {
     "KUNPAY_MTN_MOMO__DISBURSEMENT__API_USER": "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f",
     "KUNPAY_MTN_MOMO__DISBURSEMENT__API_KEY": "test-disbursement-api-key",
     "KUNPAY_POLL__LATE_DELAYS": "[0.8, 1.6]",
+    # The tests' app (the broker user guest) pays out too.
+    "KUNPAY_APPS": json.dumps({"guest": {"payouts": True}}),
 }
 
 
