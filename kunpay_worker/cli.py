@@ -14,7 +14,15 @@ from pydantic import TypeAdapter
 from pydantic import ValidationError as SettingsError
 from rich.console import Console
 
-from kunpay_sdk.contracts import CollectCommand, Event, RpcReply, RpcRequest
+from kunpay_sdk.contracts import (
+    CollectCommand,
+    DisburseCommand,
+    Event,
+    RefundCommand,
+    RetryCommand,
+    RpcReply,
+    RpcRequest,
+)
 from kunpay_worker import logs
 from kunpay_worker.settings import Settings
 
@@ -195,6 +203,9 @@ def schema() -> None:
     """Print the JSON Schema of every command, event and request (for apps in other languages)."""
     schemas = {
         "CollectCommand": TypeAdapter(CollectCommand).json_schema(),
+        "DisburseCommand": TypeAdapter(DisburseCommand).json_schema(),
+        "RefundCommand": TypeAdapter(RefundCommand).json_schema(),
+        "RetryCommand": TypeAdapter(RetryCommand).json_schema(),
         "Event": TypeAdapter(Event).json_schema(),
         "RpcRequest": TypeAdapter(RpcRequest).json_schema(),
         "RpcReply": TypeAdapter(RpcReply).json_schema(),

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aio_pika
+import aiohttp
 import asyncpg
 import pytest
 
@@ -67,6 +68,11 @@ async def crash_loop(stack: Stack, count: int) -> list[uuid.UUID]:
     return ids
 
 
+async def metrics(stack: Stack) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"{stack.http_url}/metrics") as resp:
+        return await resp.text()
+
+
 async def rows(stack: Stack) -> list[dict[str, object]]:
     return await stack.db.fetch(
         "SELECT id, reason, routing_key, app, attempts, replayed_at FROM dead_letters ORDER BY id"
@@ -82,6 +88,7 @@ async def test_a_crash_loop_is_dead_lettered_and_a_replay_processes_it_once(stac
 
     await until(stored)
     assert await dead_letters_queued(stack) == 0  # copied, then acked
+    assert "kunpay_dead_letters 1.0" in await metrics(stack)
     (row,) = await rows(stack)
     assert (row["reason"], row["routing_key"], row["app"]) == ("delivery_limit", "collect", "guest")
     assert row["attempts"] >= 1
@@ -107,6 +114,10 @@ async def test_a_crash_loop_is_dead_lettered_and_a_replay_processes_it_once(stac
     assert "replayed 0 of 0" in await stack.cli("dlq", "replay", "--all")  # nothing left
     (row,) = await rows(stack)
     assert row["replayed_at"] is not None
+    page = await metrics(stack)
+    assert "kunpay_dead_letters 0.0" in page
+    assert 'kunpay_commands_total{outcome="handled",type="collect"}' in page
+    assert "kunpay_outbox_backlog" in page
     reference = (
         await stack.db.fetch(
             "SELECT provider_reference FROM transactions WHERE id = $1", str(poison)

@@ -25,7 +25,16 @@ def test_schema_prints_the_json_schema_of_every_message() -> None:
     result = runner.invoke(app, ["schema"])
     assert result.exit_code == 0
     schemas = json.loads(result.stdout)
-    assert set(schemas) == {"CollectCommand", "Event", "RpcRequest", "RpcReply"}
+    assert set(schemas) == {
+        "CollectCommand",
+        "DisburseCommand",
+        "RefundCommand",
+        "RetryCommand",
+        "Event",
+        "RpcRequest",
+        "RpcReply",
+    }
+    assert "original_transaction_id" in schemas["RefundCommand"]["properties"]
     assert "schema_version" in schemas["Event"]["properties"]
     assert schemas["CollectCommand"]["properties"]["amount"]["anyOf"]
 
