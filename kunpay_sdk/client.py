@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import uuid
@@ -102,6 +103,11 @@ def _text(value: object, name: str) -> str:
 log = logging.getLogger("kunpay_sdk")
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+# events(since=): clocks differ between machines; an event that occurred this long after the
+# subscriber's queue was bound was surely published after it, so the queue has it.
+_CLOCK_SKEW = timedelta(seconds=60)
+# events(since=): read-back event ids remembered to drop the queue's copies.
+_SEEN_LIMIT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -726,11 +732,13 @@ class KunPayClient:
         keeps events while nobody consumes. An event whose handler fails ``delivery_limit``
         times moves to ``app.<app>.<queue>.dead-letter``.
 
-        ``since`` (timezone-aware): first the events published from then on, read back from the
-        ``kunpay.events.log`` stream (kept 7 days), for a subscriber that is new or was down
-        longer than its queue existed; then the queue's. Events seen in both come once. A
-        handler failing on a read-back event raises (the stream cannot take it back): start
-        again with ``since=event.occurred_at``.
+        ``since`` (timezone-aware): also the events that occurred from then on, read back from
+        the ``kunpay.events.log`` stream (kept 7 days), for a subscriber that is new or was
+        away longer than its queue existed; read-back events come first whenever one is ready,
+        merged with the queue's, and those the queue also holds are dropped. Delivery stays
+        at-least-once: dedupe on ``event_id``. A handler failing on a read-back event raises
+        (the stream cannot take it back): start again with ``since`` a minute or so before
+        that event's ``occurred_at`` (events are not published in ``occurred_at`` order).
         """
         if since is not None and since.tzinfo is None:
             raise ValueError("since must be timezone-aware (e.g. datetime.now(UTC))")
@@ -742,6 +750,12 @@ class KunPayClient:
             delivery_limit=delivery_limit,
             since=since,
         )
+
+
+def _remember(ids: collections.OrderedDict[uuid.UUID, None], event_id: uuid.UUID) -> None:
+    ids[event_id] = None
+    while len(ids) > _SEEN_LIMIT:
+        ids.popitem(last=False)
 
 
 class Subscription:
@@ -756,7 +770,6 @@ class Subscription:
         prefetch: int,
         delivery_limit: int,
         since: datetime | None = None,
-        catch_up_idle: float = 1.0,
     ) -> None:
         self.queue_name = topology.subscriber_queue(app, name)
         self._connection = connection
@@ -767,12 +780,18 @@ class Subscription:
         self._channel: AbstractChannel | None = None
         self._iterator: Any = None
         self._since = since
-        self._catch_up_idle = catch_up_idle
         self._stream_channel: AbstractChannel | None = None
         self._stream: Any = None
         self._bound_at: datetime | None = None
-        # Ids of read-back events the queue may hold too (published around the binding).
-        self._seen: set[uuid.UUID] = set()
+        self._stream_done = False
+        self._stream_next: asyncio.Future[AbstractIncomingMessage] | None = None
+        self._queue_next: asyncio.Future[AbstractIncomingMessage] | None = None
+        self._acks: list[AbstractIncomingMessage] = []
+        self._rejects: list[AbstractIncomingMessage] = []
+        # Ids handed over from the stream (the queue may hold them too), and from the queue
+        # while the stream runs (the stream may come to them): the latest ones.
+        self._streamed: collections.OrderedDict[uuid.UUID, None] = collections.OrderedDict()
+        self._queued: collections.OrderedDict[uuid.UUID, None] = collections.OrderedDict()
 
     async def start(self) -> Self:
         """Declare and bind the queue now, so events published from here on are kept."""
@@ -818,6 +837,9 @@ class Subscription:
         return self
 
     async def _close_stream(self) -> None:
+        if self._stream_next is not None:
+            self._stream_next.cancel()
+            self._stream_next = None
         stream, self._stream = self._stream, None
         if stream is not None:
             await stream.close()
@@ -827,43 +849,50 @@ class Subscription:
 
     async def close(self) -> None:
         await self._close_stream()
+        if self._queue_next is not None:
+            self._queue_next.cancel()
+            self._queue_next = None
         if self._iterator is not None:
             await self._iterator.close()
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
 
-    async def _caught_up(self) -> Event | None:
-        """The next read-back event, or None once the stream has nothing older than the
-        queue's (it went quiet, or reached events published surely after the binding)."""
+    def _from_stream(self, message: AbstractIncomingMessage) -> Event | None:
+        """A read-back event to hand over, or None (skipped; the stream ends when it reaches
+        events published surely after the queue was bound: the queue has those)."""
         bound_at = self._bound_at or datetime.now(UTC)  # set by start(), which ran first
-        # Clocks differ between machines: this much around the binding counts as "maybe both".
-        skew = timedelta(seconds=60)
-        while self._stream is not None:
-            try:
-                async with asyncio.timeout(self._catch_up_idle):
-                    message: AbstractIncomingMessage = await self._stream.__anext__()
-            except (TimeoutError, StopAsyncIteration):
-                await self._close_stream()
-                return None
-            try:
-                event = Event.model_validate_json(message.body)
-            except PydanticValidationError:
-                log.warning("unreadable event %s in the events log; skipped", message.message_id)
-                await message.ack()
-                continue
-            if self._since is not None and event.occurred_at < self._since:
-                await message.ack()  # a timestamp offset starts at a chunk: older ones too
-                continue
-            if event.occurred_at >= bound_at + skew:
-                # Published after the binding: the queue has it and everything after it.
-                await message.ack()
-                await self._close_stream()
-                return None
-            if event.occurred_at >= bound_at - skew:
-                self._seen.add(event.event_id)
-            event._delivery = _CaughtUp(message)
-            return event
-        return None
+        try:
+            event = Event.model_validate_json(message.body)
+        except PydanticValidationError:
+            log.warning("unreadable event %s in the events log; skipped", message.message_id)
+            return None
+        if self._since is not None and event.occurred_at < self._since:
+            return None  # a timestamp offset starts at a chunk: older ones come too
+        if event.occurred_at >= bound_at + _CLOCK_SKEW:
+            self._stream_done = True
+            return None
+        if event.event_id in self._queued:
+            return None  # the queue handed it over already
+        _remember(self._streamed, event.event_id)
+        event._delivery = _CaughtUp(message)
+        return event
+
+    def _from_queue(self, message: AbstractIncomingMessage) -> Event | None:
+        try:
+            event = Event.model_validate_json(message.body)
+        except PydanticValidationError:
+            log.warning(
+                "unreadable event %s moved to %s.dead-letter", message.message_id, self.queue_name
+            )
+            self._rejects.append(message)
+            return None
+        if event.event_id in self._streamed:
+            self._acks.append(message)  # already handed over from the events log
+            return None
+        if self._stream is not None:
+            _remember(self._queued, event.event_id)  # the stream may come to it too
+        event._delivery = _Delivery(message)
+        return event
 
     async def __aenter__(self) -> Self:
         return await self.start()
@@ -875,26 +904,35 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Event:
+        """Read-back events (``since=``) and queue events, merged: the stream first whenever
+        it has one ready. Delivery is at-least-once (dedupe on ``event_id``): read-back ones
+        the queue also holds are dropped as far as this subscription remembers them."""
         await self.start()
-        if self._stream is not None:
-            caught_up = await self._caught_up()
-            if caught_up is not None:
-                return caught_up
         while True:
-            message: AbstractIncomingMessage = await self._iterator.__anext__()
-            try:
-                event = Event.model_validate_json(message.body)
-            except PydanticValidationError:
-                log.warning(
-                    "unreadable event %s moved to %s.dead-letter",
-                    message.message_id,
-                    self.queue_name,
-                )
+            for message in self._acks:
+                await message.ack()
+            for message in self._rejects:
                 await message.reject(requeue=False)
-                continue
-            if event.event_id in self._seen:
-                self._seen.discard(event.event_id)
-                await message.ack()  # already handed over from the events log
-                continue
-            event._delivery = _Delivery(message)
-            return event
+            self._acks.clear()
+            self._rejects.clear()
+            if self._stream is not None and self._stream_done:
+                await self._close_stream()
+            if self._stream is not None and self._stream_next is None:
+                self._stream_next = asyncio.ensure_future(self._stream.__anext__())
+            if self._queue_next is None:
+                self._queue_next = asyncio.ensure_future(self._iterator.__anext__())
+            waiting = [t for t in (self._stream_next, self._queue_next) if t is not None]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if self._stream_next is not None and self._stream_next.done():
+                task, self._stream_next = self._stream_next, None
+                message = task.result()
+                event = self._from_stream(message)
+                if event is None:
+                    self._acks.append(message)
+                    continue
+                return event
+            assert self._queue_next is not None  # noqa: S101 - one of the two completed
+            task, self._queue_next = self._queue_next, None
+            event = self._from_queue(task.result())
+            if event is not None:
+                return event

@@ -145,6 +145,7 @@ class Worker:
                 # Its own channel: a refused republish must not close the outbox's channel.
                 Publisher(await connection.channel(publisher_confirms=True, on_return_raises=True)),
                 own_user=None if impersonates else own_user,
+                worker_user=own_user,
                 retry_delays=settings.command_retry_delays,
                 max_attempts=settings.max_command_attempts,
                 delay_tiers_ms={
@@ -177,7 +178,7 @@ class Worker:
                         dispatcher.wrap("poll", functools.partial(handle_poll, engine=engine)),
                     ),
                     # Commit the copy, then ack: operators browse and replay rows.
-                    (topology.DEAD_LETTER_QUEUE, dlq.consume),
+                    (topology.DEAD_LETTER_QUEUE, dlq.Consumer(own_user, relay_stop)),
                     (
                         topology.RPC_QUEUE,
                         functools.partial(

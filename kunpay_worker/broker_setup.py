@@ -109,9 +109,19 @@ def plan(settings: Settings) -> tuple[str, list[Grant]]:
                 _any(topology.DEAD_LETTER_QUEUE),
             )
         )
+    taken = {worker_user, setup.admin_user}
+    if setup.operator_password is not None and setup.operator_user in taken:
+        raise BrokerSetupError(
+            f"the operator user {setup.operator_user!r} is the worker's or the admin's: "
+            "give it a name of its own"
+        )
+    if worker_user == setup.admin_user:
+        raise BrokerSetupError("the worker's user must not be the broker admin")
     for name, password in sorted(setup.apps.items()):
-        if name in (worker_user, setup.operator_user):
-            raise BrokerSetupError(f"app {name!r} has the name of the worker or operator user")
+        if name in (worker_user, setup.operator_user, setup.admin_user):
+            raise BrokerSetupError(
+                f"app {name!r} has the name of the worker, operator or admin user"
+            )
         grants.append(app_grant(name, password.get_secret_value()))
     return vhost, grants
 

@@ -33,6 +33,7 @@ from kunpay_worker.messaging import ATTEMPT_HEADER, ORIGINAL_ID_HEADER, Publishe
 from kunpay_worker.storage.models import DeadLetter
 
 __all__ = [
+    "Consumer",
     "Facts",
     "facts_of",
     "replay",
@@ -102,9 +103,12 @@ class Facts:
     last_failed_at: datetime | None
 
 
-def facts_of(message: AbstractIncomingMessage) -> Facts:
+def facts_of(message: AbstractIncomingMessage, worker_user: str | None = None) -> Facts:
+    """``x-kunpay-*`` headers are believed only on what the worker itself published (its
+    broker user in ``user_id``, which RabbitMQ checks): an app could put them on its own
+    message, which the broker may then dead-letter."""
     headers = dict(message.headers or {})
-    if "x-kunpay-reason" in headers:
+    if "x-kunpay-reason" in headers and (worker_user is None or message.user_id == worker_user):
         attempts = headers.get("x-kunpay-attempts")
         return Facts(
             reason=_text(headers["x-kunpay-reason"]) or "unknown",
@@ -139,16 +143,23 @@ def stored_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
     return {str(k): _plain(v) for k, v in (message.headers or {}).items()}
 
 
+# Added by the broker on each redelivery: not part of what was dead-lettered.
+_DELIVERY_HEADERS = ("x-delivery-count",)
+
+
 def fingerprint(message: AbstractIncomingMessage) -> str:
     digest = hashlib.sha256(message.body)
-    digest.update(json.dumps(stored_headers(message), sort_keys=True, default=str).encode())
+    headers = {k: v for k, v in stored_headers(message).items() if k not in _DELIVERY_HEADERS}
+    digest.update(json.dumps(headers, sort_keys=True, default=str).encode())
     digest.update((message.message_id or "").encode())
     return digest.hexdigest()
 
 
-async def store(message: AbstractIncomingMessage) -> DeadLetter | None:
+async def store(
+    message: AbstractIncomingMessage, worker_user: str | None = None
+) -> DeadLetter | None:
     """One dead letter into the table; None when this very message was stored already."""
-    facts = facts_of(message)
+    facts = facts_of(message, worker_user)
     properties = {
         name: value for name in _PROPERTIES if (value := getattr(message, name)) is not None
     }
@@ -163,7 +174,9 @@ async def store(message: AbstractIncomingMessage) -> DeadLetter | None:
             properties=properties,
             reason=facts.reason[:100],
             error=facts.error,
-            headers=stored_headers(message),
+            headers={
+                k: v for k, v in stored_headers(message).items() if k not in _DELIVERY_HEADERS
+            },
             body=message.body,
             attempts=facts.attempts,
             first_failed_at=facts.first_failed_at,
@@ -174,24 +187,42 @@ async def store(message: AbstractIncomingMessage) -> DeadLetter | None:
         return None  # redelivered after a commit whose ack was lost
 
 
-async def consume(message: AbstractIncomingMessage) -> None:
-    """The ``kunpay.dead-letter`` consumer: commit the row, then ack."""
-    try:
-        row = await store(message)
-    except Exception as exc:  # noqa: BLE001 - the database is down: keep the message
-        log.warning("could not store a dead letter; it stays queued", error=repr(exc))
-        await asyncio.sleep(1)  # do not spin on the queue while the database is away
-        await message.nack(requeue=True)
-        return
-    await message.ack()
-    if row is not None:
-        log.warning(
-            "dead letter stored",
-            dead_letter_id=row.id,
-            reason=row.reason,
-            app=row.app,
-            routing_key=row.routing_key,
-        )
+class Consumer:
+    """The ``kunpay.dead-letter`` consumer: commit the row, then ack.
+
+    While the database is away the message is held (not requeued: a requeue counts toward a
+    quorum queue's delivery limit, past which RabbitMQ 4 drops it) and the insert is tried
+    again with backoff; at shutdown it is left unacked, so the broker keeps it."""
+
+    def __init__(self, worker_user: str | None, stop: asyncio.Event) -> None:
+        self.worker_user = worker_user
+        self.stop = stop
+
+    async def __call__(self, message: AbstractIncomingMessage) -> None:
+        delay = 1.0
+        while True:
+            try:
+                row = await store(message, self.worker_user)
+                break
+            except Exception as exc:  # noqa: BLE001 - the database is down: hold the message
+                log.warning(
+                    "could not store a dead letter; trying again", error=repr(exc), delay=delay
+                )
+            try:
+                async with asyncio.timeout(delay):
+                    await self.stop.wait()
+                return  # stopping: unacked, the broker keeps it
+            except TimeoutError:
+                delay = min(delay * 2, 30.0)
+        await message.ack()
+        if row is not None:
+            log.warning(
+                "dead letter stored",
+                dead_letter_id=row.id,
+                reason=row.reason,
+                app=row.app,
+                routing_key=row.routing_key,
+            )
 
 
 # -- replay ------------------------------------------------------------------------------------
@@ -238,14 +269,25 @@ def _message(row: DeadLetter) -> aio_pika.Message:
     )
 
 
+# Where a replay may publish: kunpay's work inputs, nothing else (not events, not outcomes).
+REPLAYABLE = frozenset(
+    {
+        *((topology.COMMANDS_EXCHANGE, key) for key in topology.COMMAND_ROUTING_KEYS),
+        ("", topology.COMMANDS_QUEUE),  # a retried command, from a delay queue
+        ("", topology.POLL_QUEUE),
+    }
+)
+
+
 def destination(row: DeadLetter) -> tuple[str, str]:
-    """(exchange, routing key) a replay publishes to."""
-    if row.routing_key is None:
-        raise NotReplayable(f"dead letter {row.id} has no original routing key")
-    exchange = row.exchange or ""
-    if exchange == "" and row.routing_key in (topology.DEAD_LETTER_QUEUE,):
-        raise NotReplayable(f"dead letter {row.id} was addressed to the dead-letter queue")
-    return exchange, row.routing_key
+    """(exchange, routing key) a replay publishes to; only kunpay's commands and checks."""
+    target = (row.exchange or "", row.routing_key or "")
+    if target not in REPLAYABLE:
+        raise NotReplayable(
+            f"dead letter {row.id} went to exchange {target[0]!r} with key {target[1]!r}, "
+            "which is not a kunpay command or check: not replayed"
+        )
+    return target
 
 
 async def replay(row: DeadLetter, publisher: Publisher) -> None:

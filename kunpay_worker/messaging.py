@@ -161,6 +161,7 @@ class Dispatcher:
         max_attempts: int,
         delay_tiers_ms: dict[str, list[int]],
         own_user: str | None = None,
+        worker_user: str | None = None,
     ) -> None:
         self.publisher = publisher
         self.retry_delays = retry_delays
@@ -169,6 +170,9 @@ class Dispatcher:
         # Set when the worker's broker user cannot impersonate: then only its own user's
         # messages can be republished with their user_id.
         self.own_user = own_user
+        # Stamped on the dead letters this worker publishes (RabbitMQ checks it), so that only
+        # its x-kunpay-* headers are believed, not ones an app put on its own message.
+        self.worker_user = worker_user
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -214,8 +218,10 @@ class Dispatcher:
             )
         except Exception as exc:
             log.exception("handler failed", queue=target, message_id=message.message_id)
-            await self._retry(target, message, attempt, f"{type(exc).__name__}: {exc}", None, False)
-            outcome = "failed"
+            done = await self._retry(
+                target, message, attempt, f"{type(exc).__name__}: {exc}", None, False
+            )
+            outcome = "failed" if done == "retried" else done
         else:
             await _settle(message.ack())
             outcome = "handled"
@@ -290,7 +296,7 @@ class Dispatcher:
         )
         headers.setdefault("x-kunpay-first-failure", now)
         copy = _copy(message, headers)
-        copy.user_id = None  # dead letters are the operators'; the app is in x-kunpay-app
+        copy.user_id = self.worker_user  # the app is in x-kunpay-app
         try:
             await self.publisher.publish(topology.DEAD_LETTER_EXCHANGE, "", copy)
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:

@@ -6,9 +6,12 @@ one (dead-lettered), and hands the command to its module.
 
 from __future__ import annotations
 
+import time
+
 import structlog
 from pydantic import ValidationError as PydanticValidationError
 
+from kunpay_sdk import topology
 from kunpay_sdk.contracts import (
     COMMANDS,
     CollectCommand,
@@ -23,6 +26,8 @@ from kunpay_worker.messaging import Delivery, Reject, Retry
 from kunpay_worker.settings import Settings
 
 __all__ = ["handle_command", "parse_command"]
+
+log = structlog.get_logger("kunpay.commands")
 
 AnyCommand = CollectCommand | DisburseCommand | RefundCommand | RetryCommand
 
@@ -47,7 +52,35 @@ def parse_command(delivery: Delivery) -> tuple[str, AnyCommand]:
     return app, command
 
 
+# Commands arrive through kunpay.commands, or from a delay queue through the default exchange.
+COMMAND_SOURCES = frozenset({"", topology.COMMANDS_EXCHANGE})
+_foreign_logged_at = 0.0
+
+
+def _foreign(delivery: Delivery) -> bool:
+    """A message some other exchange routed into the commands queue. RabbitMQ's permissions
+    cannot stop a user with write on the queue (apps: the exchange shares its name) from
+    binding it to an exchange it may read, such as kunpay.events: such messages are dropped
+    (and the binding named, once a minute) instead of filling the dead-letter table."""
+    global _foreign_logged_at
+    exchange = delivery.message.exchange or ""
+    if exchange in COMMAND_SOURCES:
+        return False
+    now = time.monotonic()
+    if now - _foreign_logged_at > 60:
+        _foreign_logged_at = now
+        log.warning(
+            "dropping messages routed into the commands queue from another exchange: "
+            "remove that binding",
+            exchange=exchange,
+            routing_key=delivery.message.routing_key,
+        )
+    return True
+
+
 async def handle_command(delivery: Delivery, *, engine: Engine, settings: Settings) -> None:
+    if _foreign(delivery):
+        return
     app, command = parse_command(delivery)
     structlog.contextvars.bind_contextvars(
         command_id=str(command.command_id),

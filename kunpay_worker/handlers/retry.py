@@ -6,6 +6,7 @@ from __future__ import annotations
 from kunpay_sdk.contracts import RetryCommand
 from kunpay_worker.engine import Engine
 from kunpay_worker.handlers.common import proceed
+from kunpay_worker.handlers.permissions import amount_refusal
 from kunpay_worker.providers.base import Capability
 from kunpay_worker.providers.registry import backend_rejection
 from kunpay_worker.settings import Settings
@@ -29,8 +30,9 @@ async def handle(command: RetryCommand, app: str, engine: Engine, settings: Sett
     intake = await take_in_retry(
         command,
         app=app,
-        rejection=lambda original: backend_rejection(
-            settings, original.backend, Capability.COLLECT
+        rejection=lambda original: (
+            amount_refusal(settings, app, original.amount)
+            or backend_rejection(settings, original.backend, Capability.COLLECT)
         ),
         send_wait=send_wait,
         plan=engine.plan,

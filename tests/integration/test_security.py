@@ -189,3 +189,23 @@ async def test_operators_read_dead_letters_and_publish_nothing(secured: Secured)
         await dead.get(fail=False)  # allowed: browsing dead letters
         commands = await channel.get_exchange(topology.COMMANDS_EXCHANGE, ensure=False)
         assert await refused(commands.publish(aio_pika.Message(b"{}"), routing_key="collect"))
+
+
+async def test_events_an_app_routes_into_the_commands_queue_are_dropped(secured: Secured) -> None:
+    """RabbitMQ lets an app bind kunpay.commands (the queue shares the exchange's name, which
+    the app may write) to kunpay.events: the worker drops what comes that way."""
+    await broker_setup(secured)
+    worker = await secured.stack.start_worker(KUNPAY_AMQP_URL=secured.worker_url)
+    connection = await aio_pika.connect(secured.shop_url)
+    async with connection:
+        channel = await connection.channel()
+        commands = await channel.get_queue(topology.COMMANDS_QUEUE, ensure=False)
+        events = await channel.get_exchange(topology.EVENTS_EXCHANGE, ensure=False)
+        await commands.bind(events)
+    async with await KunPayClient.connect(secured.shop_url) as client:
+        accepted = await client.collect(**GOOD)
+        assert (await client.wait(accepted.transaction_id, timeout=15)).type is EventType.SUCCEEDED
+    await worker.wait_log(
+        lambda r: str(r.get("event")).startswith("dropping messages routed into the commands")
+    )
+    assert await secured.stack.db.fetch("SELECT id FROM dead_letters") == []

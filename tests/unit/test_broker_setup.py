@@ -83,3 +83,18 @@ def test_a_worker_url_without_its_own_user_is_refused(url: str, message: str) ->
 def test_an_app_named_like_the_worker_is_refused() -> None:
     with pytest.raises(BrokerSetupError, match="name of the worker"):
         plan(settings(apps={"kw": "x"}))
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ({"operator_user": "kw", "operator_password": "x"}, "operator user"),
+        ({"admin_user": "kw"}, "admin"),
+        ({"apps": {"guest": "x"}}, "admin"),
+    ],
+)
+def test_users_that_would_overwrite_each_other_are_refused(
+    setup: dict[str, object], message: str
+) -> None:
+    with pytest.raises(BrokerSetupError, match=message):
+        plan(settings(**setup))
