@@ -154,6 +154,9 @@ def sandbox(
     flutterwave_secret_hash: Annotated[
         str, typer.Option(help="Flutterwave's secret hash for webhook headers.")
     ] = "sandbox-secret-hash",  # noqa: S107 - the sandbox's own, not a real secret
+    latency: Annotated[
+        float, typer.Option(min=0, help="Seconds every provider API answer waits (benchmarks).")
+    ] = 0.0,
 ) -> None:
     """Serve the provider sandbox with its magic numbers (see the README)."""
     from aiohttp import web
@@ -175,6 +178,7 @@ def sandbox(
             pawapay_sign_callbacks=pawapay_sign_callbacks,
             flutterwave_webhook_url=flutterwave_webhook_url,
             flutterwave_secret_hash=flutterwave_secret_hash,
+            latency_seconds=latency,
         )
     )
     log.info("sandbox listening", url=f"http://{host}:{port}")

@@ -5,12 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from kunpay_worker.sandbox.common import SandboxConfig, Simulator
+from kunpay_worker.sandbox.faults import Faults, faults_middleware
 from kunpay_worker.sandbox.flutterwave import FlutterwaveSandbox
 from kunpay_worker.sandbox.mtn_momo import MtnSandbox
 from kunpay_worker.sandbox.orange_mp import OrangeMpSandbox
 from kunpay_worker.sandbox.pawapay import PawapaySandbox
 
 __all__ = [
+    "FAULTS_KEY",
     "FLUTTERWAVE_KEY",
     "MTN_KEY",
     "ORANGE_KEY",
@@ -24,10 +26,17 @@ ORANGE_KEY = web.AppKey("orange", OrangeMpSandbox)
 FLUTTERWAVE_KEY = web.AppKey("flutterwave", FlutterwaveSandbox)
 PAWAPAY_KEY = web.AppKey("pawapay", PawapaySandbox)
 SIMULATORS_KEY = web.AppKey("simulators", dict[str, Simulator])
+FAULTS_KEY = web.AppKey("faults", Faults)
 
 
-def build_app(config: SandboxConfig) -> web.Application:
-    app = web.Application()
+def build_app(config: SandboxConfig, faults: Faults | None = None) -> web.Application:
+    """The sandbox; ``faults`` (also settable on POST /_sandbox/faults) adds injected faults,
+    and ``config.latency_seconds`` delays every provider answer."""
+    faults = faults or Faults()
+    if config.latency_seconds:
+        faults.latency = config.latency_seconds
+    app = web.Application(middlewares=[faults_middleware(faults)])
+    app[FAULTS_KEY] = faults
     simulators: dict[str, Simulator] = {}
     mtn = MtnSandbox(config)
     simulators[mtn.name] = mtn
@@ -42,6 +51,8 @@ def build_app(config: SandboxConfig) -> web.Application:
     simulators[pawapay.name] = pawapay
     app[PAWAPAY_KEY] = pawapay
     app[SIMULATORS_KEY] = simulators
+    for sim in simulators.values():
+        sim.faults = faults
 
     async def health(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "providers": sorted(simulators)})
@@ -55,9 +66,21 @@ def build_app(config: SandboxConfig) -> web.Application:
             sim.release()
         return web.json_response({"released": held})
 
+    async def get_faults(_request: web.Request) -> web.Response:
+        return web.json_response(faults.as_dict())
+
+    async def set_faults(request: web.Request) -> web.Response:
+        try:
+            faults.update(await request.json())
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(faults.as_dict())
+
     app.add_routes(
         [
             web.get("/_sandbox/health", health),
+            web.get("/_sandbox/faults", get_faults),
+            web.post("/_sandbox/faults", set_faults),
             web.get("/_sandbox/requests", counts),
             web.post("/_sandbox/release", release),
             *mtn.routes(),

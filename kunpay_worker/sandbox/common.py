@@ -16,6 +16,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from kunpay_worker.sandbox.faults import Faults
 from kunpay_worker.sandbox.scenarios import Behaviour, Scenario
 
 __all__ = ["Kind", "Outcome", "SandboxConfig", "SimPayment", "Simulator"]
@@ -46,6 +47,8 @@ class SandboxConfig:
     # Flutterwave's dashboard "secret hash": sent as verif-hash and used for
     # flutterwave-signature (HMAC-SHA256 of the body, base64).
     flutterwave_secret_hash: str = "sandbox-secret-hash"  # noqa: S105 - a sandbox value
+    # Every provider API answer waits this long (a provider's own latency; benchmarks).
+    latency_seconds: float = 0.0
 
 
 class Kind(StrEnum):
@@ -100,6 +103,8 @@ class Simulator:
         self._held_changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
+        # Injected faults (set by build_app); callbacks read their copies and jitter here.
+        self.faults: Faults | None = None
 
     # -- registering and settling ------------------------------------------------------------
 
@@ -228,14 +233,21 @@ class Simulator:
     def _spawn_callback(
         self, payment: SimPayment, callback: Callable[[SimPayment], tuple[str, Any]]
     ) -> None:
-        task = asyncio.create_task(self._callback(payment, callback))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        delays = self.faults.callback_delays() if self.faults is not None else [0.0]
+        for delay in delays:
+            task = asyncio.create_task(self._callback(payment, callback, delay))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _callback(
-        self, payment: SimPayment, callback: Callable[[SimPayment], tuple[str, Any]]
+        self,
+        payment: SimPayment,
+        callback: Callable[[SimPayment], tuple[str, Any]],
+        delay: float = 0.0,
     ) -> None:
         assert payment.callback_url is not None  # noqa: S101 - checked by register()
+        if delay:
+            await asyncio.sleep(delay)
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=10, connect=5)

@@ -54,6 +54,7 @@ Without it the key list is empty and callbacks are unsigned.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -509,12 +510,17 @@ class PawapaySandbox(Simulator):
         return web.json_response(keys)
 
     async def _callback(
-        self, payment: SimPayment, callback: Callable[[SimPayment], tuple[str, Any]]
+        self,
+        payment: SimPayment,
+        callback: Callable[[SimPayment], tuple[str, Any]],
+        delay: float = 0.0,
     ) -> None:
         if self.callback_signer is None:
-            await super()._callback(payment, callback)
+            await super()._callback(payment, callback, delay)
             return
         assert payment.callback_url is not None  # noqa: S101 - checked by register()
+        if delay:
+            await asyncio.sleep(delay)
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=10, connect=5)
