@@ -7,6 +7,7 @@
 #   scripts/dev.sh demo       all of the above but postgres, then sandbox + worker + example
 #   scripts/dev.sh test       venv, rabbitmq, postgres, lint, the whole test suite
 #   scripts/dev.sh stop       stop the demo's sandbox and worker
+#   scripts/dev.sh bench ...  venv, rabbitmq, postgres, then benchmarks/e2e.py with these options
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -161,9 +162,27 @@ test_all() {
   postgres
   export KUNPAY_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
   export KUNPAY_TEST_AMQP_URL=${KUNPAY_TEST_AMQP_URL:-amqp://guest:guest@localhost:5672/}
+  export KUNPAY_TEST_PG_DIR=$PG_DIR  # the fault suite restarts this cluster
   lint
+  if [ "$#" -gt 0 ]; then
+    "$VENV/bin/pytest" "$@"
+    return
+  fi
   say "running the test suite"
-  "$VENV/bin/pytest" "$@"
+  "$VENV/bin/pytest" -m "not fault"
+  # Last and on its own: these restart RabbitMQ and PostgreSQL under the running stacks.
+  say "running the fault suite (small runs; 'make faults' runs them large)"
+  "$VENV/bin/pytest" -m fault tests/fault
+}
+
+bench() {
+  venv
+  rabbitmq
+  postgres
+  export KUNPAY_BENCH_POSTGRES_URL=${KUNPAY_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:$PG_PORT/postgres}
+  export KUNPAY_BENCH_AMQP_URL=${KUNPAY_BENCH_AMQP_URL:-amqp://guest:guest@localhost:5672/}
+  say "running benchmarks/e2e.py $*"
+  "$VENV/bin/python" -m benchmarks.e2e "$@"
 }
 
 lint() {
@@ -181,7 +200,8 @@ case "${1:-}" in
   postgres) postgres ;;
   demo) demo ;;
   test) shift; test_all "$@" ;;
+  bench) shift; bench "$@" ;;
   lint) lint ;;
   stop) stop ;;
-  *) echo "usage: $0 venv|rabbitmq|postgres|demo|test|lint|stop" >&2; exit 2 ;;
+  *) echo "usage: $0 venv|rabbitmq|postgres|demo|test|lint|stop|bench" >&2; exit 2 ;;
 esac

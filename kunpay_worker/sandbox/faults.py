@@ -46,7 +46,7 @@ class Faults:
     error_rate: float = 0.0  # 503 before the handler: nothing registered
     lost_answer_rate: float = 0.0  # the handler ran (registered); the answer comes too late
     lost_answer_seconds: float = 30.0  # how late (beyond the worker's HTTP timeout)
-    malformed_rate: float = 0.0  # the handler ran; its answer is replaced by broken JSON
+    malformed_rate: float = 0.0  # the handler ran; its 2xx answer's body is broken JSON
     duplicate_answer_rate: float = 0.0  # de-duplicating initiations: the answer is a replay's
     callback_copies: int = 1  # each callback is sent this many times...
     callback_jitter: float = 0.0  # ...each after a random delay up to this (reordering them)
@@ -129,7 +129,8 @@ def faults_middleware(faults: Faults) -> Middleware:
         if faults.hit(faults.lost_answer_rate, "lost_answer"):
             await asyncio.sleep(faults.lost_answer_seconds)
             return response
-        if faults.hit(faults.malformed_rate, "malformed_json"):
+        if response.status < 300 and faults.hit(faults.malformed_rate, "malformed_json"):
+            # The provider did what it answered; only the body it sent back is broken.
             broken = b'{"status": "SUCCESSFUL", "amount":'
             return web.Response(status=200, body=broken, content_type="application/json")
         return response

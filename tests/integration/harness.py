@@ -29,6 +29,7 @@ from kunpay_sdk import Event, KunPayClient
 from kunpay_worker.sandbox import SandboxConfig, build_app
 from kunpay_worker.sandbox.app import MTN_KEY, SIMULATORS_KEY
 from kunpay_worker.sandbox.common import Simulator
+from kunpay_worker.sandbox.faults import Faults
 from kunpay_worker.sandbox.mtn_momo import MtnSandbox
 
 FLUTTERWAVE_SECRET_HASH = "test-flutterwave-secret-hash"
@@ -280,6 +281,7 @@ class Stack:
         self.workers: list[WorkerProcess] = []
         self.sandbox_url = ""
         self._runner: web.AppRunner | None = None
+        self.app: web.Application | None = None
         self.mtn: MtnSandbox
         self.simulators: dict[str, Simulator] = {}
         self.http_port = 0
@@ -287,7 +289,13 @@ class Stack:
 
     @classmethod
     async def create(
-        cls, kind: str, tmp: Path, *, settle_seconds: float = 0.2, **worker_env: str
+        cls,
+        kind: str,
+        tmp: Path,
+        *,
+        settle_seconds: float = 0.2,
+        faults: Faults | None = None,
+        **worker_env: str,
     ) -> Stack:
         db = await Database.create(kind, tmp)
         vhost, url = await create_vhost()
@@ -308,8 +316,10 @@ class Stack:
                 pawapay_sign_callbacks=True,
                 flutterwave_webhook_url=f"{callbacks}/payments/flutterwave/webhook/",
                 flutterwave_secret_hash=FLUTTERWAVE_SECRET_HASH,
-            )
+            ),
+            faults,
         )
+        stack.app = app
         stack.mtn = app[MTN_KEY]
         stack.simulators = app[SIMULATORS_KEY]
         stack._runner = web.AppRunner(app, access_log=None)
