@@ -48,6 +48,21 @@ def mask_event(
     return event_dict
 
 
+class _BrokerGoneIsAWarning(logging.Filter):
+    """aiormq and aio-pika log a broker restart or a closed connection as errors, although the
+    robust connection reconnects and the worker carries on (nothing confirmed is lost: unacked
+    messages come back). Those records become warnings, so an error in the log still means
+    something went wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and (
+            record.name == "aiormq.connection"
+            or (record.name.startswith("aio_pika") and record.getMessage().endswith(" closed"))
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure(fmt: str = "auto", level: str = "INFO") -> None:
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     shared: list[Any] = [
@@ -76,6 +91,7 @@ def configure(fmt: str = "auto", level: str = "INFO") -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_BrokerGoneIsAWarning())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

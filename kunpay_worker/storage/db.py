@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from tortoise import Tortoise, connections
+from tortoise.backends.base.client import TransactionalDBClient, TransactionContextPooled
+from tortoise.connection import get_connections
 from tortoise.migrations.api import migrate as tortoise_migrate
 from tortoise.migrations.executor import MigrationExecutor
 
@@ -14,7 +17,38 @@ __all__ = ["close", "init", "migrate", "pending_migrations"]
 
 
 async def init(settings: Settings) -> None:
+    _undo_failed_begin()
     await Tortoise.init(config=settings.tortoise_config())
+
+
+def _undo_failed_begin() -> None:
+    """Make a pooled ``in_transaction()`` whose BEGIN fails leave nothing behind.
+
+    Tortoise (1.1.x) acquires a pool connection and points the task's connection context at
+    the new transaction *before* BEGIN; when BEGIN fails (PostgreSQL restarted: the pooled
+    connection is dead), ``__aexit__`` never runs, so the connection is never released and the
+    task keeps the dead transaction as its connection for good: a long-lived task (the outbox
+    relay) then fails every pass until the worker restarts. This undoes both when entering
+    fails. Found by the fault suite (tests/fault, PostgreSQL restarted)."""
+    if getattr(TransactionContextPooled, "_kunpay_guarded", False):
+        return
+    enter = TransactionContextPooled.__aenter__
+
+    async def guarded(self: TransactionContextPooled) -> TransactionalDBClient:
+        try:
+            return await enter(self)
+        except BaseException:
+            token = getattr(self, "token", None)
+            if token is not None:  # the connection was acquired and the context pointed at it
+                get_connections().reset(token)
+                pool = self.client._parent._pool
+                if pool is not None and self.client._connection is not None:
+                    with contextlib.suppress(Exception):
+                        await pool.release(self.client._connection)
+            raise
+
+    TransactionContextPooled.__aenter__ = guarded  # type: ignore[method-assign]
+    TransactionContextPooled._kunpay_guarded = True  # type: ignore[attr-defined]
 
 
 async def close() -> None:

@@ -167,7 +167,9 @@ async def postgres_restart() -> None:
     if not data:
         raise RuntimeError("KUNPAY_TEST_PG_DIR is not set: run the fault suite with `make test`")
     pg_ctl = _pg_ctl()
-    command = [pg_ctl, "-D", data, "restart", "-m", "fast", "-w", "-t", "60"]
+    # -l: the restarted server must not inherit our pipe (run() waits for it to close).
+    log = f"{data}/server.log"
+    command = [pg_ctl, "-D", data, "-l", log, "restart", "-m", "fast", "-w", "-t", "60"]
     if os.geteuid() == 0:
         command = ["runuser", "-u", "postgres", "--", *command]
     await run(*command, timeout=90)

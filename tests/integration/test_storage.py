@@ -527,3 +527,39 @@ async def test_a_refund_reconciled_as_failed_frees_the_amount() -> None:
     assert (settled.status, settled.needs_reconciliation) == (Status.FAILED, False)
     row = await last_status_row(refund.id)
     assert (row.reason, row.actor) == ("RESOLVED: MTN: never left", "operator:bob")
+
+
+async def test_a_transaction_whose_begin_fails_leaves_the_task_usable(
+    database: Database,
+) -> None:
+    """PostgreSQL restarted under a long-lived task: the first transaction on a dead pooled
+    connection fails, and the next one in the same task works (Tortoise alone would keep the
+    dead transaction as the task's connection for good)."""
+    if database.kind != "postgres":
+        pytest.skip("pooled connections are PostgreSQL's")
+    import asyncpg
+
+    async def count() -> int:
+        async with in_transaction():
+            return await Transaction.all().count()
+
+    assert await count() == 0  # the pool now holds a live connection
+    name = database.url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(database.url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+    finally:
+        await admin.close()
+    failures = 0
+    for _ in range(3):
+        try:
+            assert await count() == 0
+            break
+        except Exception:
+            failures += 1
+    assert failures < 3, "the task kept failing after the database came back"
+    assert await count() == 0

@@ -1,0 +1,35 @@
+"""A broker going away is a warning in the worker's log; other errors stay errors."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from kunpay_worker.logs import _BrokerGoneIsAWarning
+
+
+def record(name: str, message: str, level: int = logging.ERROR) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, message, None, None)
+
+
+@pytest.mark.parametrize(
+    ("name", "message", "level"),
+    [
+        ("aiormq.connection", "Unexpected connection close from remote", logging.WARNING),
+        ("aiormq.connection", "error when creating transport", logging.WARNING),
+        (
+            "aio_pika.tools",
+            "Callback <...RobustChannel._on_close> error: RuntimeError: closed",
+            logging.WARNING,
+        ),
+        ("aio_pika.tools", "Callback failed: ValueError", logging.ERROR),
+        ("kunpay.worker", "handler failed", logging.ERROR),
+        ("aiormq.connection", "whatever", logging.INFO),
+    ],
+)
+def test_only_broker_connection_losses_are_downgraded(name: str, message: str, level: int) -> None:
+    given = record(name, message, logging.INFO if level == logging.INFO else logging.ERROR)
+    assert _BrokerGoneIsAWarning().filter(given) is True
+    assert given.levelno == level
+    assert given.levelname == logging.getLevelName(level)
