@@ -19,6 +19,7 @@ from collections.abc import Callable
 import structlog
 
 from kunpay_worker.settings import JanitorSettings
+from kunpay_worker.storage import db
 from kunpay_worker.storage import repository as repo
 
 __all__ = ["Janitor"]
@@ -41,8 +42,11 @@ class Janitor:
         while not stop.is_set():
             try:
                 await self.sweep()
-            except Exception:  # the janitor outlives a database outage
-                log.exception("janitor sweep failed; trying again at the next one")
+            except Exception as exc:  # the janitor outlives a database outage
+                if not db.unavailable(exc):
+                    log.exception("janitor sweep failed; trying again at the next one")
+                else:
+                    log.warning("database unavailable; the janitor tries again", error=repr(exc))
             try:
                 async with asyncio.timeout(self.settings.sweep_interval):
                     await stop.wait()

@@ -38,6 +38,7 @@ from kunpay_sdk import topology
 from kunpay_sdk.contracts import EventType
 from kunpay_worker.messaging import Publisher
 from kunpay_worker.metrics import TRANSITIONS
+from kunpay_worker.storage import db
 from kunpay_worker.storage.models import OutboxKind, OutboxMessage
 from kunpay_worker.storage.repository import utcnow
 
@@ -78,8 +79,11 @@ class OutboxRelay:
             self._wake.clear()
             try:
                 await self.drain()
-            except Exception:
-                log.exception("outbox relay pass failed; retrying at the next sweep")
+            except Exception as exc:
+                if not db.unavailable(exc):
+                    log.exception("outbox relay pass failed; retrying at the next sweep")
+                else:
+                    log.warning("database unavailable; the outbox relay retries", error=repr(exc))
 
     async def drain(self) -> int:
         """Publish everything publishable now; returns how many rows went out."""

@@ -31,6 +31,7 @@ from kunpay_worker.metrics import Metrics
 from kunpay_worker.providers.flutterwave.transformers import webhook_is_authentic
 from kunpay_worker.providers.pawapay.callbacks import CallbackRejected, CallbackVerifier
 from kunpay_worker.settings import Settings
+from kunpay_worker.storage import db
 from kunpay_worker.storage import repository as repo
 from kunpay_worker.storage.models import Transaction
 
@@ -71,16 +72,24 @@ async def _never_500(
     except CallbackError as exc:
         log.info("callback refused", path=request.path, status=exc.status, reason=exc.message)
         return _answer(exc.status, error=exc.message)
+    except web.RequestPayloadError:  # a body aiohttp cannot decode (its Content-Encoding)
+        log.info("callback refused", path=request.path, status=400, reason="unreadable body")
+        return _answer(400, error="the body could not be read")
     except web.HTTPException:
         raise  # 404 for unknown paths, 405, 413 from aiohttp itself
-    except Exception:  # a provider must never see a 500: it retries a 503
-        log.exception("callback handling failed", path=request.path)
+    except Exception as exc:  # a provider must never see a 500: it retries a 503
+        if not db.unavailable(exc):
+            log.exception("callback handling failed", path=request.path)
+        else:
+            log.warning("database unavailable; callback answered 503", path=request.path)
         return _answer(503, error="temporarily unavailable")
 
 
 def _object(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
+    except RecursionError as exc:  # nested deeper than the interpreter's recursion limit
+        raise CallbackError(400, "the body is nested too deeply") from exc
     except ValueError as exc:
         raise CallbackError(400, "the body is not JSON") from exc
     if not isinstance(body, dict):
@@ -88,10 +97,27 @@ def _object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _text(value: object) -> str | None:
-    if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
-        return str(value)
-    return None
+# The columns callbacks are matched on: transactions.provider_reference (our reference) and
+# transactions.provider_handle (the provider's id). A longer value names no transaction, and a
+# lookup with it would fail the column's length check.
+REFERENCE_LENGTH = 64
+HANDLE_LENGTH = 128
+
+
+def _text(value: object, max_length: int = REFERENCE_LENGTH) -> str | None:
+    """A reference given as a string or a number, or None when it cannot name a transaction:
+    empty, longer than the column, or text no database column holds (NUL, lone surrogates),
+    which a lookup would fail on."""
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        return None
+    text = str(value)
+    if not text or len(text) > max_length or "\x00" in text:
+        return None
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return None
+    return text
 
 
 def _uuid(value: object) -> uuid.UUID | None:
@@ -158,7 +184,7 @@ class Webhooks:
     async def mtn(self, request: web.Request) -> web.Response:
         body = _object(await request.read())
         # The reference rides in the callback URL we gave MTN; the body may name it too.
-        reference = request.query.get("reference") or _text(body.get("referenceId"))
+        reference = _text(request.query.get("reference")) or _text(body.get("referenceId"))
         external = _uuid(body.get("externalId"))
         if reference is None and external is None:
             raise CallbackError(400, "no reference and no externalId")
@@ -212,7 +238,7 @@ class Webhooks:
         data = body.get("data")
         if not isinstance(data, dict):
             raise CallbackError(400, "no data")
-        tx_ref, charge_id = _text(data.get("tx_ref")), _text(data.get("id"))
+        tx_ref, charge_id = _text(data.get("tx_ref")), _text(data.get("id"), HANDLE_LENGTH)
         if tx_ref is None and charge_id is None:
             raise CallbackError(400, "no tx_ref and no id")
         tx = await repo.find_for_callback("FLUTTERWAVE", reference=tx_ref, handle=charge_id)
@@ -228,8 +254,8 @@ class Webhooks:
         body = _object(await request.read())
         nested = body.get("data")
         data: dict[str, Any] = nested if isinstance(nested, dict) else body
-        reference = request.query.get("reference")
-        pay_token = _text(data.get("payToken"))
+        reference = _text(request.query.get("reference"))
+        pay_token = _text(data.get("payToken"), HANDLE_LENGTH)
         if reference is None and pay_token is None:
             raise CallbackError(400, "no reference and no payToken")
         tx = await repo.find_for_callback("ORANGE_MP", reference=reference, handle=pay_token)

@@ -5,15 +5,39 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
+import asyncpg  # type: ignore[import-untyped]
 from tortoise import Tortoise, connections
 from tortoise.backends.base.client import TransactionalDBClient, TransactionContextPooled
 from tortoise.connection import get_connections
+from tortoise.exceptions import DBConnectionError
 from tortoise.migrations.api import migrate as tortoise_migrate
 from tortoise.migrations.executor import MigrationExecutor
 
 from kunpay_worker.settings import Settings
 
-__all__ = ["close", "init", "migrate", "pending_migrations"]
+__all__ = ["close", "init", "migrate", "pending_migrations", "unavailable"]
+
+# The database could not be reached or dropped the connection (restarting, failing over).
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable
+    DBConnectionError,
+    asyncpg.exceptions.PostgresConnectionError,  # ConnectionDoesNotExistError among them
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
+    asyncpg.exceptions.InterfaceError,  # the connection is closed
+)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the database is away for now: a loop that meets
+    it logs a warning and tries again, and an error in the log keeps meaning a bug."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _UNAVAILABLE):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 async def init(settings: Settings) -> None:

@@ -33,3 +33,17 @@ def test_only_broker_connection_losses_are_downgraded(name: str, message: str, l
     assert _BrokerGoneIsAWarning().filter(given) is True
     assert given.levelno == level
     assert given.levelname == logging.getLevelName(level)
+
+
+def test_database_outages_are_told_apart_from_bugs() -> None:
+    import asyncpg
+
+    from kunpay_worker.storage.db import unavailable
+
+    wrapped = RuntimeError("the query failed")
+    wrapped.__cause__ = asyncpg.exceptions.AdminShutdownError("terminating connection")
+    assert unavailable(wrapped)
+    assert unavailable(ConnectionRefusedError(111, "refused"))
+    assert unavailable(asyncpg.exceptions.InterfaceError("connection is closed"))
+    assert not unavailable(KeyError("a bug"))
+    assert not unavailable(asyncpg.exceptions.UniqueViolationError("duplicate key"))
