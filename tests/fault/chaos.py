@@ -248,12 +248,15 @@ class Run:
             lambda: self.client.refund(tx, amount, idempotency_key=issued.key),
         )
 
-    async def load(self, count: int, *, concurrency: int = 12, refunds: float = 0.25) -> None:
-        """``count`` payments, then refunds of about ``refunds`` of the collections that
-        succeed; all while whatever faults the scenario injects go on."""
+    async def load(
+        self, count: int, *, rate: float = 12.0, concurrency: int = 12, refunds: float = 0.25
+    ) -> None:
+        """``count`` payments offered at ``rate`` per second (so the faults land while they
+        flow), then refunds of about ``refunds`` of the collections that succeed."""
         gate = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> None:
+            await asyncio.sleep(i / rate)
             async with gate:
                 issued = await self.payment(i)
             if issued is None or issued.operation != "collect" or issued.provider not in REFUNDABLE:
