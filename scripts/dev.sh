@@ -6,6 +6,7 @@
 #   scripts/dev.sh postgres   install (Debian package) and start a private PostgreSQL
 #   scripts/dev.sh demo       all of the above but postgres, then sandbox + worker + example
 #   scripts/dev.sh test       venv, rabbitmq, postgres, lint, the whole test suite
+#   scripts/dev.sh faults     the fault scenarios at a large scale, with a table
 #   scripts/dev.sh stop       stop the demo's sandbox and worker
 #   scripts/dev.sh bench ...  venv, rabbitmq, postgres, then benchmarks/e2e.py with these options
 set -euo pipefail
@@ -185,6 +186,16 @@ bench() {
   "$VENV/bin/python" -m benchmarks.e2e "$@"
 }
 
+faults() { # the fault suite's scenarios at a large scale, with a table (issue 6)
+  venv
+  rabbitmq
+  postgres
+  export KUNPAY_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+  export KUNPAY_TEST_AMQP_URL=${KUNPAY_TEST_AMQP_URL:-amqp://guest:guest@localhost:5672/}
+  export KUNPAY_TEST_PG_DIR=$PG_DIR
+  "$VENV/bin/python" -m tests.fault "$@"
+}
+
 lint() {
   venv
   say "ruff"
@@ -200,6 +211,7 @@ case "${1:-}" in
   postgres) postgres ;;
   demo) demo ;;
   test) shift; test_all "$@" ;;
+  faults) shift; faults "$@" ;;
   bench) shift; bench "$@" ;;
   lint) lint ;;
   stop) stop ;;
