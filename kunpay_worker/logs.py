@@ -58,6 +58,13 @@ class _BrokerGoneIsAWarning(logging.Filter):
         if record.levelno == logging.ERROR and (
             record.name == "aiormq.connection"
             or (record.name.startswith("aio_pika") and record.getMessage().endswith(" closed"))
+            # A handler cancelled inside a database transaction when its channel closed:
+            # asyncpg rolls the transaction back as it returns the connection to the pool,
+            # and the message, never acked, comes back.
+            or (
+                record.name == "asyncio"
+                and record.getMessage().startswith("Resetting connection with an active")
+            )
         ):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True

@@ -324,7 +324,10 @@ class Run:
         self._check_states(rows)
         errors = [r for w in (*self.retired, *self.workers) for r in w.errors()]
         report.worker_errors = len(errors)
-        report.details += [f"worker error: {str(r)[:300]}" for r in errors[:10]]
+        report.details += [
+            f"worker error: {r.get('event')!s:.200} {str(r.get('exception') or '')[-700:]}"
+            for r in errors[:10]
+        ]
         return report
 
     def _check_lost(

@@ -25,6 +25,8 @@ def record(name: str, message: str, level: int = logging.ERROR) -> logging.LogRe
         ),
         ("aio_pika.tools", "Callback failed: ValueError", logging.ERROR),
         ("kunpay.worker", "handler failed", logging.ERROR),
+        ("asyncio", "Resetting connection with an active transaction <...>", logging.WARNING),
+        ("asyncio", "Task exception was never retrieved", logging.ERROR),
         ("aiormq.connection", "whatever", logging.INFO),
     ],
 )
