@@ -31,6 +31,8 @@ import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 from rich.console import Console
 
+from kunpay_worker.settings import HttpSettings, Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -105,8 +107,10 @@ STATED_SETTINGS = (
 def stated_settings(env: Mapping[str, str]) -> dict[str, str]:
     """The worker settings a result states; unset ones are the worker's defaults."""
     defaults = {
-        "KUNPAY_PREFETCH": "32 (default)",
-        "KUNPAY_HTTP__MAX_CONCURRENT_CALLS": "32 (default)",
+        "KUNPAY_PREFETCH": f"{Settings.model_fields['prefetch'].default} (default)",
+        "KUNPAY_HTTP__MAX_CONCURRENT_CALLS": (
+            f"{HttpSettings.model_fields['max_concurrent_calls'].default} (default)"
+        ),
         "KUNPAY_DATABASE_POOL_SIZE": "20 (default)",
         "KUNPAY_PUBLIC_BASE_URL": "unset: no callbacks requested",
         "KUNPAY_JANITOR__SWEEP_INTERVAL": "60 (default)",

@@ -115,7 +115,12 @@ class Worker:
         timeout = aiohttp.ClientTimeout(
             total=settings.http.total_timeout, connect=settings.http.connect_timeout
         )
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        # The connection pool never is the limit (aiohttp's default is 100 connections): each
+        # backend's call slots are (KUNPAY_HTTP__MAX_CONCURRENT_CALLS), with their bounded wait.
+        connector = aiohttp.TCPConnector(
+            limit=settings.http.max_concurrent_calls * max(len(settings.enabled_backends()), 1)
+        )
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             relay = OutboxRelay(
                 publisher,
                 batch=settings.outbox_batch,

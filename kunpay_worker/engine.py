@@ -69,15 +69,18 @@ class Engine:
 
     # -- entry points ------------------------------------------------------------------------
 
-    async def after_intake(self, tx: Transaction) -> None:
-        """Command path: send if nobody has; otherwise make sure a check is coming."""
+    async def after_intake(self, tx: Transaction) -> Transaction | None:
+        """Command path: send if nobody has; otherwise make sure a check is coming.
+
+        Returns the row as this delivery last wrote or read it (for the canonical log line),
+        or None when it does not know (the caller reads it again)."""
         if tx.status is not Status.PENDING:
-            return
+            return tx
         if tx.initiation is Initiation.NEW and not _waiting(tx):
-            await self._send(tx)
-        else:
-            # A redelivery or a duplicate: whoever sent it is done or holds the claim.
-            await self._ensure_check(tx)
+            return await self._send(tx)
+        # A redelivery or a duplicate: whoever sent it is done or holds the claim.
+        await self._ensure_check(tx)
+        return None
 
     async def check(self, tx_id: uuid.UUID, poll_seq: int) -> None:
         """Poll path: one scheduled check."""
@@ -202,14 +205,17 @@ class Engine:
             original_amount=original.amount if original else None,
         )
 
-    async def _send(self, tx: Transaction) -> None:
-        """Claim and send. ``tx`` is the state the decision to send was taken on."""
+    async def _send(self, tx: Transaction) -> Transaction | None:
+        """Claim and send. ``tx`` is the state the decision to send was taken on. Returns the
+        row as the send's answer was recorded, or None (claim lost, or no row at hand)."""
         expected = tx.initiation
-        claimed = await repo.claim_send(tx.id, expected, tx.send_attempts, self.settings.send_lease)
+        claimed = await repo.claim_send(
+            tx.id, expected, tx.send_attempts, self.settings.send_lease, seen=tx
+        )
         if claimed is None:
             # Another delivery holds (or finished) the send: just make sure a check follows.
             await self._ensure_check(tx)
-            return
+            return None
         fence = claimed.send_attempts
         resend = expected is not Initiation.NEW
         backend = self._backend(claimed)
@@ -220,7 +226,8 @@ class Engine:
                 claimed.id, fence, Initiation.UNKNOWN, self.plan.delays[0], self.plan
             )
             self.notify()
-            return
+            return None
+        recorded: Transaction | None = None
         bound = log.bind(transaction_id=str(tx.id), backend=tx.backend, send_attempt=fence)
         request = await self._request(claimed)
         next_check = self._next_delay(claimed)
@@ -233,19 +240,23 @@ class Engine:
                         bound.info("payout refused before sending", reason=reason)
                         await repo.fail_unsent(claimed.id, fence, reason)
                         self.notify()
-                        return
+                        return None
                 if backend.needs_prepare and request.handle is None:
                     handle = await backend.prepare(request)
                     if not await repo.record_handle(claimed.id, fence, handle):
-                        return  # the claim was lost: the taker carries on
-                    request = await self._request(await repo.load(claimed.id) or claimed)
+                        return None  # the claim was lost: the taker carries on
+                    # Committed under our claim: the row now holds exactly this key.
+                    claimed.provider_handle = handle
+                    request = await self._request(claimed)
                 receipt = await backend.send(request)
         except ProviderRefused as exc:
             reason = exc.provider_code or f"HTTP_{exc.http_status}"
             if resend:
                 # A refused copy proves nothing about the first send, which may be registering.
                 bound.warning("resend refused; looking the first one up", reason=reason)
-                await repo.record_sent(claimed.id, fence, Initiation.UNKNOWN, next_check, self.plan)
+                recorded = await repo.record_sent(
+                    claimed.id, fence, Initiation.UNKNOWN, next_check, self.plan
+                )
             else:
                 bound.info("provider refused", reason=reason)
                 await repo.record_refused(claimed.id, fence, reason)
@@ -262,7 +273,7 @@ class Engine:
                     else retry_delay(fence, self.settings.command_retry_delays)
                 )
                 bound.warning("provider not reached; will send again", error=str(exc), delay=delay)
-                await repo.record_sent(
+                recorded = await repo.record_sent(
                     claimed.id,
                     fence,
                     Initiation.UNKNOWN if resend else Initiation.NEW,
@@ -273,16 +284,17 @@ class Engine:
         except (ProviderError, TimeoutError) as exc:
             # Timeout, 5xx, dropped connection, unreadable answer: it may have been processed.
             bound.warning("send outcome unknown; will look it up", error=str(exc) or repr(exc))
-            await repo.record_sent(
+            recorded = await repo.record_sent(
                 claimed.id, fence, Initiation.UNKNOWN, next_check or self.plan.delays[0], self.plan
             )
         else:
             # DUPLICATE: the provider already had this reference, so an earlier send landed.
-            bound.info("sent", result=str(receipt.result))
-            await repo.record_sent(
+            bound.debug("sent", result=str(receipt.result))
+            recorded = await repo.record_sent(
                 claimed.id, fence, Initiation.SENT, next_check, self.plan, handle=receipt.handle
             )
         self.notify()
+        return recorded
 
     async def _resolve_unknown(self, tx: Transaction, poll_seq: int) -> None:
         """The last send's outcome is unknown: ask the provider before anything else."""
@@ -387,7 +399,7 @@ class Engine:
             reconcile=reconcile,
         )
         if event is not None:
-            log.info(
+            log.debug(
                 "transaction settled",
                 transaction_id=str(tx.id),
                 status=str(event.transaction.status) if event.transaction else None,

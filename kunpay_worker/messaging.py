@@ -120,7 +120,7 @@ def command_type(body: bytes) -> str:
     the known ones (not JSON, not an object, another value: the label stays bounded)."""
     try:
         operation = json.loads(body).get("operation")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: nested too deeply
         return "unknown"
     return operation if isinstance(operation, str) and operation in COMMAND_TYPES else "unknown"
 

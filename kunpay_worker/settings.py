@@ -129,8 +129,11 @@ class HttpSettings(BaseModel):
 
     total_timeout: float = Field(30.0, gt=0)
     connect_timeout: float = Field(5.0, gt=0)
-    # Calls in flight per backend at most; the rest wait their turn.
-    max_concurrent_calls: int = Field(32, ge=1)
+    # Calls in flight per backend at most; the rest wait their turn (a bounded wait: see
+    # providers/registry.py). As large as the prefetch, so that a slow provider (1 s answers)
+    # does not cap throughput at slots / latency while the worker idles (Little's law); it
+    # still bounds what one worker can pile onto a struggling backend.
+    max_concurrent_calls: int = Field(256, ge=1)
     # Circuit breaker per backend: after this many calls in a row that got no usable answer
     # (timeouts, 5xx, refused connections), stop calling it for cooldown seconds, then let one
     # probe through.
@@ -212,7 +215,9 @@ class Settings(BaseSettings):
 
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
     database_url: SecretStr = SecretStr("sqlite://kunpay.sqlite3")
-    # PostgreSQL pool size (Tortoise's default maxsize is 5, too small for the prefetch).
+    # PostgreSQL pool size (Tortoise's default maxsize is 5, too small for the prefetch). The
+    # transactions are short and never await the network, so handlers share a pool much
+    # smaller than the prefetch; the rest wait for a connection.
     database_pool_size: int = Field(20, ge=1)
 
     # Provider key (what apps name) → backend (the API that serves it).
@@ -239,8 +244,11 @@ class Settings(BaseSettings):
     # Delayed re-deliveries of commands that hit a transient error, in seconds.
     command_retry_delays: list[float] = [1, 5, 30, 300]
     max_command_attempts: int = Field(10, ge=1)
-    # Messages handled concurrently per queue.
-    prefetch: int = Field(32, ge=1)
+    # Messages handled concurrently per queue. Most of a message's time is spent waiting (on
+    # the provider, on the database): a large window keeps the worker busy when the provider
+    # is slow. A killed worker's window is redelivered, each message counting one delivery
+    # toward delivery_limit: that counts per message, not per window.
+    prefetch: int = Field(256, ge=1)
     delivery_limit: int = Field(20, ge=2)
     # Outbox relay: rows per batch, sweep interval for rows left behind, claim lease.
     outbox_batch: int = Field(200, ge=1)

@@ -42,6 +42,9 @@ def parse_command(delivery: Delivery) -> tuple[str, AnyCommand]:
         command = COMMANDS.validate_json(message.body)
     except PydanticValidationError as exc:
         raise Reject("malformed", str(exc)[:1000]) from exc
+    if any(isinstance(v, str) and "\x00" in v for v in command.model_dump().values()):
+        # No database column holds it (PostgreSQL refuses NUL in text): never storable.
+        raise Reject("malformed", "a text field holds a NUL character")
     expected = transaction_id_for(app, command.operation, command.idempotency_key)
     if command.transaction_id != expected:
         raise Reject(

@@ -13,7 +13,7 @@ from kunpay_sdk.contracts import (
 from kunpay_sdk.errors import ValidationError
 from kunpay_worker.domain.fees import FeeError, split_gross
 from kunpay_worker.engine import Engine
-from kunpay_worker.handlers.common import proceed
+from kunpay_worker.handlers.common import SHORT_NAME_LENGTH, bounded, can_match, proceed
 from kunpay_worker.handlers.permissions import payment_refusal
 from kunpay_worker.providers.base import CAPABILITY_FOR
 from kunpay_worker.providers.registry import rejection_for
@@ -32,17 +32,23 @@ def _kind(command: CollectCommand | DisburseCommand) -> TransactionType:
 
 async def _price(new: NewTransaction, payment_type: str, fields: ValidatedPayment) -> None:
     """Store the fee breakdown of ``payment_type``, or reject the command."""
-    row = await PaymentType.get_or_none(short_name=payment_type)
+    row = (
+        await PaymentType.get_or_none(short_name=payment_type)
+        if can_match(payment_type, SHORT_NAME_LENGTH)
+        else None
+    )
     if row is None or not row.is_active:
-        new.rejection = f"INVALID: no active payment type {payment_type!r}"
+        new.rejection = bounded(f"INVALID: no active payment type {payment_type!r}")
         return
     if row.provider != fields.provider:
-        new.rejection = (
+        new.rejection = bounded(
             f"INVALID: payment type {payment_type!r} is for {row.provider}, not {fields.provider}"
         )
         return
     if row.currency != fields.currency:
-        new.rejection = f"INVALID: payment type {payment_type!r} is priced in {row.currency}"
+        new.rejection = bounded(
+            f"INVALID: payment type {payment_type!r} is priced in {row.currency}"
+        )
         return
     try:
         split = split_gross(fields.amount, row.fee_schedule(), fields.currency)
@@ -77,7 +83,7 @@ async def handle(
             phone_number=command.phone_number,
             order_id=command.order_id,
             user_id=command.user_id,
-            rejection=f"INVALID: {exc}",
+            rejection=bounded(f"INVALID: {exc}"),
         )
         fingerprint = raw_fingerprint(command)
     else:

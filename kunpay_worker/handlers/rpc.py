@@ -10,6 +10,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError as PydanticValidationError
 
 from kunpay_sdk.contracts import (
+    MAX_REF_LENGTH,
     RPC_REQUESTS,
     AccountHolderInfo,
     AccountHolderRequest,
@@ -26,6 +27,7 @@ from kunpay_sdk.errors import ValidationError
 from kunpay_sdk.msisdn import parse_msisdn
 from kunpay_worker.domain.fees import FeeError, gross_for
 from kunpay_worker.engine import Engine
+from kunpay_worker.handlers.common import SHORT_NAME_LENGTH, can_match
 from kunpay_worker.handlers.permissions import balance_refusal
 from kunpay_worker.messaging import Publisher
 from kunpay_worker.providers.base import Capability
@@ -96,6 +98,9 @@ class Answers:
         return await _transaction_reply(tx)
 
     async def list(self, app: str, request: ListRequest) -> RpcReply:
+        filters = (request.order_id, request.user_id)
+        if any(f is not None and not can_match(f, MAX_REF_LENGTH) for f in filters):
+            return RpcReply(ok=True, transactions=[])  # no stored id holds a NUL
         query = Transaction.filter(app=app)
         if request.order_id is not None:
             query = query.filter(order_id=request.order_id)
@@ -107,7 +112,11 @@ class Answers:
         return RpcReply(ok=True, transactions=[await repo.snapshot(tx) for tx in rows])
 
     async def quote(self, request: QuoteRequest) -> RpcReply:
-        row = await PaymentType.get_or_none(short_name=request.payment_type)
+        row = (
+            await PaymentType.get_or_none(short_name=request.payment_type)
+            if can_match(request.payment_type, SHORT_NAME_LENGTH)
+            else None
+        )
         if row is None or not row.is_active:
             return _error("not_found", f"no active payment type {request.payment_type!r}")
         try:

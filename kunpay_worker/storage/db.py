@@ -24,6 +24,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.PostgresConnectionError,  # ConnectionDoesNotExistError among them
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
     asyncpg.exceptions.InterfaceError,  # the connection is closed
+    # Seen only while PostgreSQL restarts: a pooled connection the server dropped mid-operation
+    # is still marked busy ("cannot switch to state ...; another operation is in progress").
+    asyncpg.exceptions.InternalClientError,
 )
 
 

@@ -163,12 +163,14 @@ async def _take_in_once(
             for step in new.after_create:
                 await step(tx)
         await set_status(tx, tx.status, new.rejection, now, command_id=command.command_id)
-        await Transaction.filter(id=tx.id).update(event_seq=tx.event_seq)
-        if not rejected:
+        if rejected:
+            await Transaction.filter(id=tx.id).update(event_seq=tx.event_seq)
+        else:
             first = plan.delays[0]
             if new.send_after is not None:
                 first = max(first, (new.send_after - now).total_seconds())
-            await schedule_first_check(tx, first, plan, now)
+            # The first event's sequence and the first check: one UPDATE.
+            await schedule_first_check(tx, first, plan, now, event_seq=tx.event_seq)
         return Intake(InboxOutcome.ACCEPTED, tx)
 
 

@@ -132,6 +132,9 @@ class Transaction(Model):
 
     class Meta:
         table = "transactions"
+        # The janitor's sweep (repository.overdue): PENDING, not stale, next_poll_at overdue,
+        # oldest first — an index range scan instead of reading every PENDING row.
+        indexes = (("status", "stale", "next_poll_at"),)
 
 
 class TransactionStatus(Model):

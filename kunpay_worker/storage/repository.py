@@ -125,11 +125,16 @@ async def _emit(
     original: Transaction | None = None,
     provider_refund_id: str | None = None,
     bump: bool = True,
+    sequenced: bool = False,
 ) -> Event:
-    """Inside a DB transaction: the next event of ``tx``, written to the outbox."""
-    tx.event_seq += 1
-    if bump:
-        await Transaction.filter(id=tx.id).update(event_seq=tx.event_seq)
+    """Inside a DB transaction: the next event of ``tx``, written to the outbox.
+
+    ``sequenced``: ``tx.event_seq`` already is this event's sequence, written to the row by
+    the caller's own UPDATE (set_status writes it with the status compare-and-set)."""
+    if not sequenced:
+        tx.event_seq += 1
+        if bump:
+            await Transaction.filter(id=tx.id).update(event_seq=tx.event_seq)
     event = Event(
         event_id=uuid.uuid4(),
         type=event_type,
@@ -171,6 +176,9 @@ async def set_status(
         return None
     if current is not None:
         values = {"status": new, "failure_reason": reason, "updated_at": now, **changes}
+        if plan.event is not None:
+            # The event's sequence goes with the status, in the compare-and-set itself.
+            values["event_seq"] = tx.event_seq + 1
         updated = await Transaction.filter(id=tx.id, status=current).update(**values)
         if updated != 1:
             raise LostRace(f"{tx.id} is no longer {current}")
@@ -191,7 +199,8 @@ async def set_status(
             command_id=command_id,
             original=original,
             provider_refund_id=refund_id,
-            bump=current is not None,
+            bump=False,  # a new row's sequence is written by the intake
+            sequenced=current is not None,
         )
     await TransactionStatus.create(
         transaction_id=tx.id,
@@ -204,7 +213,13 @@ async def set_status(
         event=event.model_dump(mode="json") if event else None,
         created_at=now,
     )
-    if tx.type is TransactionType.COLLECTION and new is Status.COMPLETED:
+    if (
+        tx.type is TransactionType.COLLECTION
+        and new is Status.COMPLETED
+        # A first attempt completing from PENDING has never been FAILED, and only a FAILED
+        # collection is ever retried: no other attempt of its payment exists to look for.
+        and not (current is Status.PENDING and tx.attempt_root is None)
+    ):
         await _detect_duplicate(tx, now)
     return event
 
@@ -312,26 +327,50 @@ class PollPlan:
 
 
 async def claim_send(
-    tx_id: uuid.UUID, expected: Initiation, attempts_seen: int, lease: float
+    tx_id: uuid.UUID,
+    expected: Initiation,
+    attempts_seen: int,
+    lease: float,
+    *,
+    seen: Transaction | None = None,
 ) -> Transaction | None:
     """Claim the right to send: ``expected → SENDING`` with a lease, committed before the call.
 
     ``attempts_seen`` is ``send_attempts`` as the caller saw it when it decided to send: if
     anyone claimed since, the decision was taken on stale facts and the claim fails. A SENDING
     claim can only be taken over once its lease has expired.
+
+    ``seen``: the row the decision was taken on. A claim of a ``NEW`` row returns it, updated
+    with the claim, instead of reading the row again: while a row stays ``NEW`` with the same
+    ``send_attempts`` (which the claim's compare-and-set checked) nothing a send uses can
+    change (the provider's key is only ever written under a ``SENDING`` claim; its reference,
+    amount, payer and type never change); only the poll chain's columns move, and the send
+    does not read them. A takeover (``SENDING``/``UNKNOWN``) always reads the row again: a late
+    holder of the expired claim may have written a key meanwhile.
     """
     now = utcnow()
     condition = Q(id=tx_id, status=Status.PENDING, initiation=expected, send_attempts=attempts_seen)
     if expected is Initiation.SENDING:
         condition &= Q(send_lease_until__lt=now)
-    updated = await Transaction.filter(condition).update(
-        initiation=Initiation.SENDING,
-        send_lease_until=now + timedelta(seconds=lease),
-        send_attempts=attempts_seen + 1,
-        updated_at=now,
-    )
+    claim = {
+        "initiation": Initiation.SENDING,
+        "send_lease_until": now + timedelta(seconds=lease),
+        "send_attempts": attempts_seen + 1,
+        "updated_at": now,
+    }
+    updated = await Transaction.filter(condition).update(**claim)
     if updated != 1:
         return None
+    if (
+        seen is not None
+        and expected is Initiation.NEW
+        and seen.id == tx_id
+        and seen.initiation is Initiation.NEW
+        and seen.send_attempts == attempts_seen
+    ):
+        for name, value in claim.items():
+            setattr(seen, name, value)
+        return seen
     return await Transaction.get(id=tx_id)
 
 
@@ -356,18 +395,28 @@ def _poll_message(tx: Transaction, delay: float, plan: PollPlan, now: datetime) 
 
 
 async def _schedule_poll(
-    tx: Transaction, delay: float | None, plan: PollPlan, now: datetime
+    tx: Transaction,
+    delay: float | None,
+    plan: PollPlan,
+    now: datetime,
+    *,
+    also: dict[str, Any] | None = None,
+    where: dict[str, Any] | None = None,
 ) -> None:
     """Inside a DB transaction: start a new poll chain link; older poll messages become stale.
 
     ``delay=None``: the schedule is spent; the janitor finds the row by ``next_poll_at``.
+    ``also``: other column changes of the caller, written by the same UPDATE (and set on
+    ``tx``); ``where``: extra conditions of that UPDATE (the caller's fence).
     """
     tx.poll_seq += 1
     wait = plan.janitor_interval if delay is None else delay
     tx.next_poll_at = now + timedelta(seconds=wait)
-    await Transaction.filter(id=tx.id).update(
-        poll_seq=tx.poll_seq, next_poll_at=tx.next_poll_at, updated_at=now
-    )
+    values: dict[str, Any] = {"updated_at": now, **(also or {})}
+    values.update(poll_seq=tx.poll_seq, next_poll_at=tx.next_poll_at)
+    await Transaction.filter(id=tx.id, **(where or {})).update(**values)
+    for name, value in values.items():
+        setattr(tx, name, value)
     if delay is not None:
         await _poll_message(tx, delay, plan, now).save()
 
@@ -415,11 +464,12 @@ async def repeat_check(tx_id: uuid.UUID, poll_seq: int, delay: float, plan: Poll
 
 
 async def schedule_first_check(
-    tx: Transaction, delay: float, plan: PollPlan, now: datetime
+    tx: Transaction, delay: float, plan: PollPlan, now: datetime, **also: Any
 ) -> None:
     """Inside the intake transaction: the first check, so that the transaction moves on even
-    if the delivery that created it goes no further (the send supersedes it)."""
-    await _schedule_poll(tx, delay, plan, now)
+    if the delivery that created it goes no further (the send supersedes it). ``also``: other
+    columns of the new row, written by the same UPDATE."""
+    await _schedule_poll(tx, delay, plan, now, also=also)
 
 
 async def _lock_claim(tx_id: uuid.UUID, fence: int) -> Transaction | None:
@@ -444,17 +494,17 @@ async def record_sent(
     *,
     uncount: bool = False,
     handle: str | None = None,
-) -> bool:
+) -> Transaction | None:
     """Record the send's answer (SENT or UNKNOWN, or NEW/UNKNOWN again when the request
     certainly did not arrive) and schedule the next check, in one DB transaction.
 
     ``uncount``: the attempt does not count toward the limit (the provider throttled us).
-    ``handle``: an id the provider gave in its answer. False when the claim was lost (our
-    lease expired and another delivery took over)."""
+    ``handle``: an id the provider gave in its answer. The row as written; None when the
+    claim was lost (our lease expired and another delivery took over)."""
     async with in_transaction():
         tx = await _lock_claim(tx_id, fence)
         if tx is None:
-            return False
+            return None
         now = utcnow()
         changes: dict[str, Any] = {
             "initiation": initiation,
@@ -464,9 +514,9 @@ async def record_sent(
         }
         if handle is not None:
             changes["provider_handle"] = handle
-        await Transaction.filter(id=tx_id, send_attempts=fence).update(**changes)
-        await _schedule_poll(tx, delay, plan, now)
-        return True
+        # One UPDATE for the answer and the next check, still fenced by the claim's attempt.
+        await _schedule_poll(tx, delay, plan, now, also=changes, where={"send_attempts": fence})
+        return tx
 
 
 async def record_handle(tx_id: uuid.UUID, fence: int, handle: str) -> bool:
@@ -591,9 +641,8 @@ async def record_check(
                 # The provider may still report it: keep looking, for a late success.
                 await _schedule_late_check(tx, plan, now)
             return event
-        await Transaction.filter(id=tx_id).update(**changes, updated_at=now)
-        tx.poll_count += 1
-        await _schedule_poll(tx, delay, plan, now)
+        # One UPDATE for this check and the next one.
+        await _schedule_poll(tx, delay, plan, now, also=changes)
         return None
 
 

@@ -65,7 +65,9 @@ async def test_sigterm_under_load_loses_and_duplicates_nothing(own_stack: Stack)
     finishes what it holds and exits 0, the next worker completes the rest; one request per
     payment, one outcome event per payment."""
     stack = own_stack
-    worker = await stack.start_worker()
+    # A window smaller than the load, so that the stop lands mid-load and the next worker has
+    # work left (with the default prefetch the first worker would take in all of it).
+    worker = await stack.start_worker(KUNPAY_PREFETCH="32")
     count = 60
     async with await stack.client() as client:
         events = await EventLog(client).start()

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tortoise import Tortoise
@@ -23,6 +24,7 @@ from kunpay_sdk.contracts import (
     transaction_id_for,
     validate_payment,
 )
+from kunpay_worker.outbox import OutboxRelay
 from kunpay_worker.settings import Settings
 from kunpay_worker.storage import db
 from kunpay_worker.storage import repository as repo
@@ -563,3 +565,37 @@ async def test_a_transaction_whose_begin_fails_leaves_the_task_usable(
             failures += 1
     assert failures < 3, "the task kept failing after the database came back"
     assert await count() == 0
+
+
+class _RecordingPublisher:
+    """What the outbox relay published, by routing key (a stand-in for the broker)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, dict[str, object]]] = []
+
+    async def publish(self, exchange: str, routing_key: str, message: Any, **_: Any) -> None:
+        self.sent.append((exchange, routing_key, dict(message.headers)))
+
+
+@pytest.mark.usefixtures("database")
+async def test_the_relay_drops_a_check_a_newer_one_of_its_transaction_supersedes() -> None:
+    """The intake's first check and the send's check in one pass: only the newer one is
+    published (the worker would drop the older one as stale), events all go out, in order, and
+    every row is deleted."""
+    intake = await take_in(command())
+    tx = intake.transaction
+    assert tx is not None
+    claimed = await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60, seen=tx)
+    assert claimed is tx
+    assert tx.initiation is Initiation.SENDING
+    assert tx.send_attempts == 1
+    assert await repo.record_sent(tx.id, 1, Initiation.SENT, 0.2, PLAN)
+    publisher = _RecordingPublisher()
+    relay = OutboxRelay(publisher, batch=50, sweep_interval=1, lease=15)  # type: ignore[arg-type]
+    await relay.drain()
+    polls = [h["poll_seq"] for _, _, h in publisher.sent if "poll_seq" in h]
+    row = await Transaction.get(id=tx.id)
+    assert polls == [row.poll_seq] == [2]
+    events = [h["event_type"] for _, _, h in publisher.sent if "event_type" in h]
+    assert events == ["payment.initiated", "payment.initiated"]  # events and outcomes
+    assert await OutboxMessage.all().count() == 0
