@@ -31,7 +31,7 @@ from kunpay_sdk import (
 )
 from kunpay_worker.sandbox.common import Kind, Outcome
 from kunpay_worker.sandbox.scenarios import Behaviour, scenario_for
-from tests.integration.harness import EventLog, Stack, WorkerProcess
+from tests.integration.harness import EventLog, Stack, WorkerProcess, until
 
 # (provider key, operation, national number prefix) the load picks from: every backend collects,
 # MTN and PawaPay pay out.
@@ -290,6 +290,17 @@ class Run:
             assert issued.transaction_id is not None
             left = max(0.1, deadline - time.monotonic())
             await self._final(issued.transaction_id, left)
+
+        # Events of payments that stay pending are not waited for above: wait (bounded) until
+        # the outbox has published every event it holds.
+        async def published() -> bool:
+            rows = await self.stack.db.fetch(
+                "SELECT count(*) AS n FROM outbox WHERE kind = 'EVENT'"
+            )
+            return int(rows[0]["n"]) == 0
+
+        with contextlib.suppress(TimeoutError):
+            await until(published, max(1.0, deadline - time.monotonic()))
         self.report.recover_seconds = time.monotonic() - (self.last_fault or self._started)
 
     async def close(self) -> None:
@@ -318,6 +329,9 @@ class Run:
             "SELECT transaction_id, status, event_id FROM transaction_statuses"
         )
         dead = await db.fetch("SELECT body FROM dead_letters")
+        backlog = await db.fetch("SELECT count(*) AS n FROM outbox")
+        if backlog[0]["n"]:
+            report.details.append(f"outbox backlog at the end: {backlog[0]['n']} rows")
         self._check_lost(confirmed, rows, dead)
         self._check_charges(rows)
         self._check_events(statuses)
