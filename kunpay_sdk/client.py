@@ -779,7 +779,6 @@ class Subscription:
         self._delivery_limit = delivery_limit
         self._channel: AbstractChannel | None = None
         self._iterator: Any = None
-        self._closing = False
         self._since = since
         self._stream_channel: AbstractChannel | None = None
         self._stream: Any = None
@@ -848,29 +847,7 @@ class Subscription:
             await self._stream_channel.close()
         self._stream_channel = None
 
-    async def _resume(self) -> None:
-        """A new iterator on the subscription's queue once the connection is back."""
-        delay = 0.1
-        while not self._closing:
-            try:
-                channel = await self._connection.channel(publisher_confirms=False)
-                await channel.set_qos(prefetch_count=self._prefetch)
-                queue = await channel.declare_queue(self.queue_name, passive=True)
-            except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-                log.warning("events queue %s: waiting for the broker (%r)", self.queue_name, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            old = self._channel
-            self._channel = channel
-            self._iterator = queue.iterator()
-            if old is not None and not old.is_closed:
-                with contextlib.suppress(Exception):
-                    await old.close()
-            return
-
     async def close(self) -> None:
-        self._closing = True
         await self._close_stream()
         if self._queue_next is not None:
             self._queue_next.cancel()
@@ -956,16 +933,6 @@ class Subscription:
                 return event
             assert self._queue_next is not None  # noqa: S101 - one of the two completed
             task, self._queue_next = self._queue_next, None
-            try:
-                message = task.result()
-            except StopAsyncIteration:
-                if self._closing:
-                    raise
-                # The broker closed the channel (a restart, closed connections): aio-pika ends
-                # the queue's iterator, and the robust connection reconnects. Follow the queue
-                # again; what was not acked is delivered again.
-                await self._resume()
-                continue
-            event = self._from_queue(message)
+            event = self._from_queue(task.result())
             if event is not None:
                 return event
