@@ -49,6 +49,7 @@ from kunpay_sdk.contracts import (
     check_correlation_id,
     check_idempotency_key,
     check_payment_type,
+    check_text,
     transaction_id_for,
     utcnow,
     validate_payment,
@@ -92,12 +93,6 @@ def _uuid(value: object, name: str) -> uuid.UUID:
         except ValueError:
             pass
     raise InvalidField(f"{name} must be a UUID, got {value!r}")
-
-
-def _text(value: object, name: str) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 200:
-        raise InvalidField(f"{name} must be a non-empty string of at most 200 characters")
-    return value
 
 
 log = logging.getLogger("kunpay_sdk")
@@ -571,7 +566,7 @@ class KunPayClient:
         if value is None:
             raise InvalidAmount("net_amount is required")
         reply = await self._request(
-            QuoteRequest(payment_type=_text(payment_type, "payment_type"), net_amount=value),
+            QuoteRequest(payment_type=check_text("payment_type", payment_type), net_amount=value),
             timeout,
         )
         return _required(reply.quote, "quote")

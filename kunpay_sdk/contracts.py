@@ -74,11 +74,14 @@ TRANSACTION_NAMESPACE = uuid.UUID("6f1e2d3c-4b5a-5968-8776-a5b4c3d2e1f0")
 
 MAX_KEY_LENGTH = 200
 MAX_REF_LENGTH = 200
+# The AMQP correlation_id property is a short string.
+MAX_CORRELATION_ID_BYTES = 255
 
 Text = Annotated[str, StringConstraints(max_length=MAX_REF_LENGTH)]
 # Amounts on the wire: anything a decimal(18, 4) column can hold; the money rules come after.
 WireAmount = Annotated[Decimal, Field(max_digits=18, decimal_places=4, allow_inf_nan=False)]
 Key = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH)]
+_WIRE_PLACES = Decimal("0.0001")
 
 
 class Operation(StrEnum):
@@ -205,11 +208,20 @@ class ValidatedPayment(BaseModel):
     user_id: str
 
 
-def _check_text(name: str, value: object, *, max_length: int = MAX_REF_LENGTH) -> str:
+def check_text(name: str, value: object, *, max_length: int = MAX_REF_LENGTH) -> str:
+    """A text field as the wire and the worker's columns take it: a non-empty string of at most
+    ``max_length`` characters, valid Unicode (no lone surrogates: it could not be encoded) and
+    without NUL (no database text column holds it; the worker dead-letters such a command)."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidField(f"{name} must be a non-empty string")
     if len(value) > max_length:
         raise InvalidField(f"{name} is longer than {max_length} characters")
+    if "\x00" in value:
+        raise InvalidField(f"{name} holds a NUL character")
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidField(f"{name} is not valid Unicode (a lone surrogate)") from exc
     return value
 
 
@@ -236,14 +248,15 @@ def validate_payment(
         currency=code,
         phone_number=msisdn.e164,
         operator=str(msisdn.operator),
-        order_id=_check_text("order_id", order_id),
-        user_id=_check_text("user_id", user_id),
+        order_id=check_text("order_id", order_id),
+        user_id=check_text("user_id", user_id),
     )
 
 
 def validate_refund_amount(amount: object) -> Decimal | None:
-    """None (refund all that is refundable) or a positive Decimal; the currency's exponent is
-    checked by the worker, which knows the original payment's currency."""
+    """None (refund all that is refundable) or a positive Decimal the wire carries (at most
+    four decimal places); the currency's exponent is checked by the worker, which knows the
+    original payment's currency. Also the rule for quote()'s net amount."""
     if amount is None:
         return None
     if isinstance(amount, bool) or not isinstance(amount, Decimal | int):
@@ -253,19 +266,31 @@ def validate_refund_amount(amount: object) -> Decimal | None:
         raise InvalidAmount(f"amount must be greater than zero, got {value}")
     if value > MAX_AMOUNT:
         raise InvalidAmount(f"amount {value} exceeds the maximum {MAX_AMOUNT}")
+    # Below MAX_AMOUNT, four places make at most 16 digits: within the wire's decimal(18, 4).
+    if value != value.quantize(_WIRE_PLACES):
+        raise InvalidAmount(f"amount {value} has more than 4 decimal places")
     return value
 
 
 def check_idempotency_key(key: object) -> str:
-    return _check_text("idempotency_key", key, max_length=MAX_KEY_LENGTH)
+    return check_text("idempotency_key", key, max_length=MAX_KEY_LENGTH)
 
 
 def check_correlation_id(value: object) -> str | None:
-    return None if value is None else _check_text("correlation_id", value)
+    """None, or a text that also fits the AMQP ``correlation_id`` property the SDK publishes
+    it in (a short string: 255 bytes of UTF-8)."""
+    if value is None:
+        return None
+    text = check_text("correlation_id", value)
+    if len(text.encode()) > MAX_CORRELATION_ID_BYTES:
+        raise InvalidField(
+            f"correlation_id is longer than {MAX_CORRELATION_ID_BYTES} bytes of UTF-8"
+        )
+    return text
 
 
 def check_payment_type(value: object) -> str | None:
-    return None if value is None else _check_text("payment_type", value)
+    return None if value is None else check_text("payment_type", value)
 
 
 def command_fingerprint(operation: str, fields: Mapping[str, Any]) -> str:

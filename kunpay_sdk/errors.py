@@ -9,7 +9,8 @@ Every error derives from :class:`KunPayError`::
     │   ├── InvalidPhoneNumber
     │   │   └── UnsupportedOperator           valid number, but no backend of that key serves it
     │   ├── UnknownProvider
-    │   └── InvalidField                      ids, keys, order/user ids that are empty or too long
+    │   └── InvalidField                      ids, keys, order/user ids that are empty, too long,
+    │                                         or hold NUL or a lone surrogate
     ├── BrokerError                           talking to RabbitMQ went wrong
     │   ├── TopologyMissing                   kunpay's exchanges are not declared (run migrate)
     │   ├── CommandNotAccepted                the broker definitely did not take the command:

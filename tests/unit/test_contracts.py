@@ -11,11 +11,13 @@ from kunpay_sdk.contracts import (
     TRANSACTION_NAMESPACE,
     CollectCommand,
     Event,
+    check_correlation_id,
     command_fingerprint,
     transaction_id_for,
     validate_payment,
+    validate_refund_amount,
 )
-from kunpay_sdk.errors import InvalidField, UnknownProvider, ValidationError
+from kunpay_sdk.errors import InvalidAmount, InvalidField, UnknownProvider, ValidationError
 
 GOOD = {
     "provider": "MTN_CAMEROON",
@@ -73,6 +75,8 @@ def test_equivalent_inputs_have_one_fingerprint() -> None:
         ("order_id", "   ", InvalidField),
         ("user_id", "x" * 201, InvalidField),
         ("user_id", 12, InvalidField),
+        ("order_id", "a\x00b", InvalidField),  # no database column holds NUL
+        ("user_id", "a\ud800b", InvalidField),  # a lone surrogate cannot be encoded
     ],
 )
 def test_bad_fields_raise_value_errors(field: str, value: object, error: type[Exception]) -> None:
@@ -80,6 +84,44 @@ def test_bad_fields_raise_value_errors(field: str, value: object, error: type[Ex
         validate_payment(**{**GOOD, field: value})
     assert isinstance(caught.value, ValueError)
     assert isinstance(caught.value, ValidationError)
+
+
+@pytest.mark.parametrize(
+    ("amount", "taken"),
+    [
+        (None, None),
+        (Decimal("12.5"), Decimal("12.5")),
+        (Decimal("0.0001"), Decimal("0.0001")),
+        (Decimal("12.50000000"), Decimal("12.5")),  # trailing zeros are not places
+        (Decimal("5E+3"), Decimal(5000)),
+        (Decimal("0.00001"), InvalidAmount),  # finer than the wire's decimal(18, 4)
+        (Decimal("1234567890.12345"), InvalidAmount),
+        (Decimal(0), InvalidAmount),
+        (Decimal("NaN"), InvalidAmount),
+        (Decimal("100000000000.0001"), InvalidAmount),  # over the maximum
+        (1.5, InvalidAmount),
+    ],
+)
+def test_refund_amounts_are_positive_and_fit_the_wire(
+    amount: object, taken: Decimal | type[Exception] | None
+) -> None:
+    if isinstance(taken, type):
+        with pytest.raises(taken):
+            validate_refund_amount(amount)
+    else:
+        assert validate_refund_amount(amount) == taken
+
+
+@pytest.mark.parametrize(
+    ("value", "taken"),
+    [(None, True), ("c-1", True), ("é" * 127 + "x", True), ("é" * 128, False), ("", False)],
+)
+def test_a_correlation_id_fits_the_amqp_property(value: str | None, taken: bool) -> None:
+    if taken:
+        assert check_correlation_id(value) == value
+    else:
+        with pytest.raises(InvalidField):
+            check_correlation_id(value)
 
 
 def test_commands_round_trip_with_amounts_as_strings() -> None:

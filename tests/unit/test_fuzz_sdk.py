@@ -9,9 +9,9 @@ the worker parses it: ``kunpay_worker.handlers.parse_command`` for commands (plu
 rules the payment handler applies again), ``RPC_REQUESTS`` for requests. Requests are answered
 with an error reply, so their valid outcome is that ``RemoteError``.
 
-Inputs the SDK mishandles today are tolerated only in the exact shape of each known bug, which
-an ``xfail(strict=True)`` test at the end of the file pins: when a bug is fixed, its test
-passes unexpectedly and fails the run; delete it and its clause in ``_known_bug``.
+The bugs these properties found (NUL and lone surrogates in text fields, a correlation id over
+the AMQP property's 255 bytes, refund and quote amounts finer than the wire's four places) are
+fixed; a plain test at the end of the file pins each.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from unittest import mock
 from urllib.parse import quote
 
 import aio_pika
-import pydantic
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from hypothesis import HealthCheck, event, given, settings
@@ -54,11 +53,11 @@ from kunpay_sdk.contracts import (
     transaction_id_for,
     validate_payment,
 )
-from kunpay_sdk.errors import ValidationError
+from kunpay_sdk.errors import InvalidAmount, InvalidField, ValidationError
 from kunpay_sdk.money import MAX_AMOUNT
 from kunpay_sdk.msisdn import PROVIDER_OPERATORS, parse_msisdn
 from kunpay_worker.handlers import parse_command
-from kunpay_worker.messaging import Delivery, Reject
+from kunpay_worker.messaging import Delivery
 
 APP = "shop"
 REPLY_CODE = "fuzz-recorded"  # what the stand-in worker answers every request with
@@ -357,56 +356,11 @@ PAYMENT_KWARGS = st.fixed_dictionaries(
 # -- the property -----------------------------------------------------------------------------
 
 
-def _has_surrogate(value: object) -> bool:
-    return isinstance(value, str) and any(0xD800 <= ord(c) <= 0xDFFF for c in value)
-
-
-def _over_255_bytes(value: object) -> bool:
-    return isinstance(value, str) and len(value.encode(errors="surrogatepass")) > 255
-
-
-def _too_fine(value: object) -> bool:
-    """A positive amount the wire's decimal(18, 4) cannot carry, which validate_refund_amount
-    (refunds, quotes) lets through."""
-    if isinstance(value, bool) or not isinstance(value, Decimal | int):
-        return False
-    amount = Decimal(value)
-    if not amount.is_finite() or amount <= 0 or amount > MAX_AMOUNT:
-        return False
-    exponent = amount.as_tuple().exponent
-    assert isinstance(exponent, int)
-    return exponent < -4 or len(amount.as_tuple().digits) > 18
-
-
-def _known_bug(exc: BaseException, inputs: dict[str, Any]) -> str | None:
-    """The known SDK bug ``exc`` is, given the inputs that caused it (None: not a known one).
-    Each has its xfail test below."""
-    texts = [v for k, v in inputs.items() if k not in ("amount", "net_amount")]
-    if isinstance(exc, ValueError) and any(_has_surrogate(v) for v in texts):
-        # pydantic's ValidationError from the command model, or UnicodeEncodeError from uuid5.
-        return "lone surrogates in text fields are not refused by the SDK's own checks"
-    if isinstance(exc, pydantic.ValidationError) and any(
-        _too_fine(inputs.get(k)) for k in ("amount", "net_amount")
-    ):
-        return "refund/quote amounts with more than 4 decimal places or 18 digits"
-    if (
-        isinstance(exc, TypeError)
-        and "255 bytes" in str(exc)
-        and _over_255_bytes(inputs.get("correlation_id"))
-    ):
-        return "a correlation_id over 255 UTF-8 bytes fails in pamqp while publishing"
-    return None
-
-
-def refused(exc: BaseException, inputs: dict[str, Any], *, money: bool) -> bool:
+def refused(exc: BaseException, *, money: bool) -> bool:
     """True when ``exc`` is an acceptable refusal of bad input (ValueError; for money commands
-    the SDK's own ValidationError), or a known bug's; False lets the caller re-raise."""
+    the SDK's own ValidationError); False lets the caller re-raise."""
     if isinstance(exc, ValidationError if money else ValueError):
         event(f"refused: {type(exc).__name__}")
-        return True
-    bug = _known_bug(exc, inputs)
-    if bug is not None:
-        event(f"known bug: {bug}")
         return True
     return False
 
@@ -433,15 +387,9 @@ def delivered(item: Published) -> AbstractIncomingMessage:
 AnyCommand = CollectCommand | DisburseCommand | RefundCommand | RetryCommand
 
 
-def _has_nul(inputs: dict[str, Any]) -> bool:
-    return any(isinstance(v, str) and "\x00" in v for v in inputs.values())
-
-
-def worker_takes_command(
-    item: Published, inputs: dict[str, Any], *, sandbox: bool
-) -> AnyCommand | None:
-    """The command as the worker parses it (None: a known bug's, which the worker refuses);
-    fails if the worker would dead-letter it or reject it as invalid."""
+def worker_takes_command(item: Published, *, sandbox: bool) -> AnyCommand:
+    """The command as the worker parses it; fails if the worker would dead-letter it or reject
+    it as invalid."""
     assert item.exchange == topology.COMMANDS_EXCHANGE
     assert item.routing_key in topology.COMMAND_ROUTING_KEYS
     assert item.mandatory
@@ -450,13 +398,6 @@ def worker_takes_command(
     assert properties.content_type == "application/json"
     assert properties.message_id
     delivery = Delivery(delivered(item), attempt=1, max_attempts=10)
-    if _has_nul(inputs):
-        # Known bug: the SDK publishes text with NUL, which no database stores; the worker
-        # dead-letters it (test_bug_a_nul_is_an_invalid_field).
-        with pytest.raises(Reject, match="NUL"):
-            parse_command(delivery)
-        event("known bug: NUL in text fields is published")
-        return None
     app, command = parse_command(delivery)
     assert app == APP
     assert command.operation == item.routing_key == properties.message_type
@@ -517,15 +458,13 @@ async def test_collect_and_disburse_refuse_or_publish_what_the_worker_takes(
     try:
         accepted = await call(**kwargs)
     except Exception as exc:
-        if not refused(exc, kwargs, money=True):
+        if not refused(exc, money=True):
             raise
         assert broker.published == []
         return
     (item,) = broker.published
     event("published")
-    command = worker_takes_command(item, kwargs, sandbox=sandbox)
-    if command is None:
-        return
+    command = worker_takes_command(item, sandbox=sandbox)
     assert isinstance(command, CollectCommand if operation == "collect" else DisburseCommand)
     assert command.transaction_id == accepted.transaction_id
     assert command.command_id == accepted.command_id
@@ -556,12 +495,6 @@ async def test_collect_and_disburse_refuse_or_publish_what_the_worker_takes(
 async def test_refund_refuses_or_publishes_what_the_worker_takes(
     original: Any, amount: Any, idempotency_key: Any, correlation_id: Any
 ) -> None:
-    inputs = {
-        "original_transaction_id": original,
-        "amount": amount,
-        "idempotency_key": idempotency_key,
-        "correlation_id": correlation_id,
-    }
     broker = FakeBroker()
     client = await connect(broker)
     try:
@@ -569,15 +502,13 @@ async def test_refund_refuses_or_publishes_what_the_worker_takes(
             original, amount, idempotency_key=idempotency_key, correlation_id=correlation_id
         )
     except Exception as exc:
-        if not refused(exc, inputs, money=True):
+        if not refused(exc, money=True):
             raise
         assert broker.published == []
         return
     (item,) = broker.published
     event("published")
-    command = worker_takes_command(item, inputs, sandbox=False)
-    if command is None:
-        return
+    command = worker_takes_command(item, sandbox=False)
     assert isinstance(command, RefundCommand)
     assert command.transaction_id == accepted.transaction_id
     assert command.original_transaction_id == uuid.UUID(str(original))
@@ -594,21 +525,18 @@ async def test_refund_refuses_or_publishes_what_the_worker_takes(
 async def test_retry_refuses_or_publishes_what_the_worker_takes(
     original: Any, idempotency_key: Any
 ) -> None:
-    inputs = {"transaction_id": original, "idempotency_key": idempotency_key}
     broker = FakeBroker()
     client = await connect(broker)
     try:
         accepted = await client.retry(original, idempotency_key=idempotency_key)
     except Exception as exc:
-        if not refused(exc, inputs, money=True):
+        if not refused(exc, money=True):
             raise
         assert broker.published == []
         return
     (item,) = broker.published
     event("published")
-    command = worker_takes_command(item, inputs, sandbox=False)
-    if command is None:
-        return
+    command = worker_takes_command(item, sandbox=False)
     assert isinstance(command, RetryCommand)
     assert command.original_transaction_id == uuid.UUID(str(original))
     if idempotency_key is None:
@@ -620,9 +548,7 @@ async def test_retry_refuses_or_publishes_what_the_worker_takes(
 # -- requests ---------------------------------------------------------------------------------
 
 
-async def request_outcome(
-    broker: FakeBroker, call: Awaitable[object], inputs: dict[str, Any]
-) -> Any:
+async def request_outcome(broker: FakeBroker, call: Awaitable[object]) -> Any:
     """The request the worker would parse, or None when the SDK refused the input."""
     answered: RemoteError | None = None
     try:
@@ -630,7 +556,7 @@ async def request_outcome(
     except RemoteError as exc:
         answered = exc  # published, and the stand-in worker answered
     except Exception as exc:
-        if not refused(exc, inputs, money=False):
+        if not refused(exc, money=False):
             raise
         assert broker.published == []
         return None
@@ -649,9 +575,7 @@ async def test_get_and_verify_refuse_or_publish_what_the_worker_takes(
     broker = FakeBroker()
     client = await connect(broker)
     call = client.get if method == "get" else client.verify
-    request = await request_outcome(
-        broker, call(transaction_id), {"transaction_id": transaction_id}
-    )
+    request = await request_outcome(broker, call(transaction_id))
     if request is not None:
         assert isinstance(request, GetRequest if method == "get" else VerifyRequest)
         assert isinstance(request.transaction_id, uuid.UUID)
@@ -674,13 +598,11 @@ async def test_get_and_verify_refuse_or_publish_what_the_worker_takes(
 async def test_list_refuses_or_publishes_what_the_worker_takes(
     order_id: Any, user_id: Any, status: Any, limit: Any
 ) -> None:
-    inputs = {"order_id": order_id, "user_id": user_id, "status": status, "limit": limit}
     broker = FakeBroker()
     client = await connect(broker)
     request = await request_outcome(
         broker,
         client.list(order_id=order_id, user_id=user_id, status=status, limit=limit),
-        inputs,
     )
     if request is not None:
         assert isinstance(request, ListRequest)
@@ -699,11 +621,7 @@ async def test_quote_refuses_or_publishes_what_the_worker_takes(
 ) -> None:
     broker = FakeBroker()
     client = await connect(broker)
-    request = await request_outcome(
-        broker,
-        client.quote(payment_type, net_amount),
-        {"payment_type": payment_type, "net_amount": net_amount},
-    )
+    request = await request_outcome(broker, client.quote(payment_type, net_amount))
     if request is not None:
         assert isinstance(request, QuoteRequest)
         assert request.payment_type == payment_type
@@ -718,16 +636,12 @@ async def test_balance_and_account_holder_refuse_or_publish_what_the_worker_take
     broker = FakeBroker()
     client = await connect(broker, sandbox=sandbox)
     if phone_number is None:
-        request = await request_outcome(broker, client.balance(provider), {"provider": provider})
+        request = await request_outcome(broker, client.balance(provider))
         if request is not None:
             assert isinstance(request, BalanceRequest)
             assert request.provider in PROVIDER_OPERATORS
         return
-    request = await request_outcome(
-        broker,
-        client.account_holder(provider, phone_number),
-        {"provider": provider, "phone_number": phone_number},
-    )
+    request = await request_outcome(broker, client.account_holder(provider, phone_number))
     if request is not None:
         assert isinstance(request, AccountHolderRequest)
         assert request.provider in PROVIDER_OPERATORS
@@ -779,73 +693,69 @@ async def test_connect_refuses_or_takes_the_broker_user_as_app(user: str) -> Non
     assert topology.APP_NAME.match(client.app)
 
 
-# -- known SDK bugs: each passes once fixed (then delete it and its clause in _known_bug) ------
+# -- what the properties found: each once a bug, now refused before anything is published -----
 
-_BUG = "known SDK bug, reported with the fuzz tests (issue 6)"
-
-
-@pytest.mark.xfail(strict=True, reason=_BUG, raises=TypeError)
-async def test_bug_a_long_non_ascii_correlation_id_is_a_validation_error() -> None:
-    # 200 characters pass _check_text, but the AMQP correlation_id property is a shortstr
-    # (255 bytes): pamqp raises TypeError while publishing, not the SDK's InvalidField.
-    client = await connect(FakeBroker())
-    with pytest.raises(ValidationError):
-        await client.collect(
-            provider="MTN_CAMEROON",
-            amount=Decimal(5000),
-            currency="XAF",
-            phone_number="670000000",
-            order_id="o",
-            user_id="u",
-            correlation_id="é" * 200,
-        )
+GOOD_COLLECT: dict[str, Any] = {
+    "provider": "MTN_CAMEROON",
+    "amount": Decimal(5000),
+    "currency": "XAF",
+    "phone_number": "670000000",
+    "order_id": "o",
+    "user_id": "u",
+}
 
 
-@pytest.mark.xfail(strict=True, reason=_BUG, raises=pydantic.ValidationError)
-@pytest.mark.parametrize("amount", [Decimal("0.00001"), Decimal("1234567890.12345")])
-async def test_bug_a_refund_amount_finer_than_the_wire_is_an_invalid_amount(
+async def test_a_correlation_id_over_255_bytes_is_an_invalid_field() -> None:
+    # 200 characters fit the field, but the AMQP correlation_id property is a short string
+    # (255 bytes): pamqp raised TypeError while publishing.
+    broker = FakeBroker()
+    client = await connect(broker)
+    with pytest.raises(InvalidField, match="255 bytes"):
+        await client.collect(**GOOD_COLLECT, correlation_id="é" * 200)
+    with pytest.raises(InvalidField, match="255 bytes"):
+        await client.refund(uuid.uuid4(), correlation_id="é" * 128)
+    assert broker.published == []
+    await client.collect(**GOOD_COLLECT, correlation_id="é" * 127 + "x")  # 255 bytes: taken
+    assert len(broker.published) == 1
+
+
+@pytest.mark.parametrize(
+    "amount", [Decimal("0.00001"), Decimal("1234567890.12345"), Decimal("1E-30")]
+)
+async def test_a_refund_or_quote_amount_finer_than_the_wire_is_an_invalid_amount(
     amount: Decimal,
 ) -> None:
-    # validate_refund_amount checks sign and maximum only; RefundCommand's decimal(18, 4)
-    # then raises pydantic's error instead of InvalidAmount (quote() likewise).
-    client = await connect(FakeBroker())
-    with pytest.raises(ValidationError):
+    # RefundCommand's decimal(18, 4) raised pydantic's error instead of InvalidAmount.
+    broker = FakeBroker()
+    client = await connect(broker)
+    with pytest.raises(InvalidAmount, match="4 decimal places"):
         await client.refund(uuid.uuid4(), amount)
+    with pytest.raises(InvalidAmount, match="4 decimal places"):
+        await client.quote("mtn-mobile-money", amount)
+    assert broker.published == []
 
 
-@pytest.mark.xfail(strict=True, reason=_BUG, raises=(pydantic.ValidationError, UnicodeEncodeError))
-@pytest.mark.parametrize("field_name", ["order_id", "idempotency_key", "correlation_id"])
-async def test_bug_a_lone_surrogate_is_an_invalid_field(field_name: str) -> None:
-    # _check_text accepts a str that cannot be encoded: uuid5 (a key) or the pydantic model
-    # (other fields) then raise instead of InvalidField.
-    client = await connect(FakeBroker())
-    kwargs: dict[str, Any] = {
-        "provider": "MTN_CAMEROON",
-        "amount": Decimal(5000),
-        "currency": "XAF",
-        "phone_number": "670000000",
-        "order_id": "o",
-        "user_id": "u",
-        field_name: "a\ud800b",
-    }
-    with pytest.raises(ValidationError):
-        await client.collect(**kwargs)
+async def test_a_refund_amount_with_trailing_zeros_is_taken() -> None:
+    broker = FakeBroker()
+    client = await connect(broker)
+    await client.refund(uuid.uuid4(), Decimal("12.50000000"))
+    (item,) = broker.published
+    command = worker_takes_command(item, sandbox=False)
+    assert isinstance(command, RefundCommand)
+    assert command.amount == Decimal("12.5")
 
 
-@pytest.mark.xfail(strict=True, reason=_BUG, raises=pytest.fail.Exception)
-@pytest.mark.parametrize("field_name", ["order_id", "user_id", "idempotency_key", "payment_type"])
-async def test_bug_a_nul_is_an_invalid_field(field_name: str) -> None:
-    # _check_text accepts NUL, so the command is published; no database column stores it and
-    # the worker dead-letters such a command as malformed.
-    client = await connect(FakeBroker())
-    kwargs: dict[str, Any] = {
-        "provider": "MTN_CAMEROON",
-        "amount": Decimal(5000),
-        "currency": "XAF",
-        "phone_number": "670000000",
-        "order_id": "o",
-        "user_id": "u",
-        field_name: "a\x00b",
-    }
-    with pytest.raises(ValidationError):
-        await client.collect(**kwargs)
+@pytest.mark.parametrize(
+    "field_name", ["order_id", "user_id", "idempotency_key", "correlation_id", "payment_type"]
+)
+@pytest.mark.parametrize(("text", "message"), [("a\ud800b", "lone surrogate"), ("a\x00b", "NUL")])
+async def test_a_lone_surrogate_or_nul_in_a_text_field_is_an_invalid_field(
+    field_name: str, text: str, message: str
+) -> None:
+    # A lone surrogate cannot be encoded (uuid5 of a key, or the model, raised); NUL was
+    # published, and the worker dead-letters such a command (no database column holds it).
+    broker = FakeBroker()
+    client = await connect(broker)
+    with pytest.raises(InvalidField, match=f"{field_name} .*{message}"):
+        await client.collect(**{**GOOD_COLLECT, field_name: text})
+    assert broker.published == []
