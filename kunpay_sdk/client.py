@@ -7,7 +7,7 @@ import collections
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -142,7 +142,7 @@ class _CaughtUp:
     async def process(self, *, reraise: bool) -> AsyncIterator[None]:
         del reraise  # a catch-up event is never swallowed: it could not come back
         yield
-        await self._message.ack()
+        await _settle(self._message.ack())
 
 
 class _Delivery:
@@ -161,11 +161,33 @@ class _Delivery:
             log.exception("event handler failed; the event goes back to the queue")
             # Bounded: the subscriber queue's x-delivery-limit moves the event to its
             # dead-letter queue after that many deliveries.
-            await self._message.nack(requeue=True)
+            await _settle(self._message.nack(requeue=True))
             if reraise:
                 raise
         else:
-            await self._message.ack()
+            await _settle(self._message.ack())
+
+
+_BROKER_GONE = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
+
+
+async def _settle(action: Awaitable[None]) -> None:
+    """Ack or nack an event. When the channel it came on has closed (the broker restarted or
+    dropped the connection) there is nothing to settle: the broker puts the event back and
+    delivers it again, so the subscription goes on instead of ending."""
+    try:
+        await action
+    except _BROKER_GONE as exc:
+        log.warning("the event's channel closed before it was settled; it comes again: %r", exc)
+
+
+def _on_live_channel(message: AbstractIncomingMessage) -> bool:
+    """Whether ``message`` can still be acked: one received before its channel closed is
+    back in the queue and comes again on the new channel."""
+    try:
+        return not message.channel.is_closed
+    except _BROKER_GONE:  # aio-pika raises ChannelInvalidStateError for a closed channel
+        return False
 
 
 class KunPayClient:
@@ -773,7 +795,13 @@ class Subscription:
         self._prefetch = prefetch
         self._delivery_limit = delivery_limit
         self._channel: AbstractChannel | None = None
-        self._iterator: Any = None
+        self._queue: AbstractQueue | None = None
+        # Our own consumer rather than aio-pika's queue iterator: the robust queue restores
+        # it after a reconnect, and a message whose channel died is skipped, not acked.
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._consumer_tag: str | None = None
+        self._closed = False
+        self._ended: asyncio.Future[None] | None = None  # done on close() or connection close
         self._since = since
         self._stream_channel: AbstractChannel | None = None
         self._stream: Any = None
@@ -790,7 +818,9 @@ class Subscription:
 
     async def start(self) -> Self:
         """Declare and bind the queue now, so events published from here on are kept."""
-        if self._iterator is not None:
+        if self._closed:
+            raise RuntimeError("this subscription is closed")
+        if self._queue is not None:
             return self
         channel = await self._connection.channel(publisher_confirms=False)
         self._channel = channel
@@ -828,8 +858,23 @@ class Subscription:
             await stream_channel.set_qos(prefetch_count=self._prefetch)  # streams need it
             log_queue = await stream_channel.declare_queue(topology.EVENTS_LOG_QUEUE, passive=True)
             self._stream = log_queue.iterator(arguments={"x-stream-offset": self._since})
-        self._iterator = queue.iterator()
+        self._queue = queue
         return self
+
+    async def _consume(self) -> None:
+        if self._consumer_tag is not None or self._queue is None:
+            return
+        self._consumer_tag = await self._queue.consume(self._inbox.put)
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+        self._ended = ended
+
+        def connection_closed(_: object) -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        # A robust connection's closed() completes only when it is closed for good.
+        asyncio.ensure_future(self._connection.closed()).add_done_callback(connection_closed)
 
     async def _close_stream(self) -> None:
         if self._stream_next is not None:
@@ -843,14 +888,24 @@ class Subscription:
         self._stream_channel = None
 
     async def close(self) -> None:
+        """Stop consuming; events received but not yet processed go back to the queue. An
+        iteration waiting for the next event ends (StopAsyncIteration)."""
+        self._closed = True
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
         await self._close_stream()
         if self._queue_next is not None:
             self._queue_next.cancel()
             self._queue_next = None
-        if self._iterator is not None:
-            await self._iterator.close()
-        if self._channel is not None and not self._channel.is_closed:
-            await self._channel.close()
+        tag, self._consumer_tag = self._consumer_tag, None
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            return
+        if tag is not None and self._queue is not None:
+            with contextlib.suppress(*_BROKER_GONE):
+                await self._queue.cancel(tag)
+        with contextlib.suppress(*_BROKER_GONE):
+            await channel.close()  # the broker requeues what we hold unacked
 
     def _from_stream(self, message: AbstractIncomingMessage) -> Event | None:
         """A read-back event to hand over, or None (skipped; the stream ends when it reaches
@@ -873,6 +928,8 @@ class Subscription:
         return event
 
     def _from_queue(self, message: AbstractIncomingMessage) -> Event | None:
+        if not _on_live_channel(message):
+            return None  # back in the queue since its channel closed: it comes again
         try:
             event = Event.model_validate_json(message.body)
         except PydanticValidationError:
@@ -902,12 +959,15 @@ class Subscription:
         """Read-back events (``since=``) and queue events, merged: the stream first whenever
         it has one ready. Delivery is at-least-once (dedupe on ``event_id``): read-back ones
         the queue also holds are dropped as far as this subscription remembers them."""
+        if self._closed:
+            raise StopAsyncIteration
         await self.start()
+        await self._consume()
         while True:
             for message in self._acks:
-                await message.ack()
+                await _settle(message.ack())
             for message in self._rejects:
-                await message.reject(requeue=False)
+                await _settle(message.reject(requeue=False))
             self._acks.clear()
             self._rejects.clear()
             if self._stream is not None and self._stream_done:
@@ -915,9 +975,14 @@ class Subscription:
             if self._stream is not None and self._stream_next is None:
                 self._stream_next = asyncio.ensure_future(self._stream.__anext__())
             if self._queue_next is None:
-                self._queue_next = asyncio.ensure_future(self._iterator.__anext__())
-            waiting = [t for t in (self._stream_next, self._queue_next) if t is not None]
+                self._queue_next = asyncio.ensure_future(self._inbox.get())
+            assert self._ended is not None  # noqa: S101 - set by _consume()
+            waiting = [
+                t for t in (self._stream_next, self._queue_next, self._ended) if t is not None
+            ]
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if self._closed or self._ended.done():
+                raise StopAsyncIteration
             if self._stream_next is not None and self._stream_next.done():
                 task, self._stream_next = self._stream_next, None
                 message = task.result()

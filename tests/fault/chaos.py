@@ -329,6 +329,10 @@ class Run:
             "SELECT transaction_id, status, event_id FROM transaction_statuses"
         )
         dead = await db.fetch("SELECT body FROM dead_letters")
+        try:
+            self.events.check_listening()
+        except AssertionError as exc:
+            report.details.insert(0, f"test subscriber: {exc}")
         backlog = await db.fetch("SELECT count(*) AS n FROM outbox")
         if backlog[0]["n"]:
             report.details.append(f"outbox backlog at the end: {backlog[0]['n']} rows")

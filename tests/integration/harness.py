@@ -402,10 +402,19 @@ class EventLog:
         return self
 
     async def _listen(self) -> None:
-        async for event in self._subscription:
-            async with event.process(reraise=True), self._changed:
-                self.events.append(event)
-                self._changed.notify_all()
+        try:
+            async for event in self._subscription:
+                async with event.process(reraise=True), self._changed:
+                    self.events.append(event)
+                    self._changed.notify_all()
+        finally:
+            async with self._changed:
+                self._changed.notify_all()  # waiters see that nothing more comes
+
+    def check_listening(self) -> None:
+        """Raise if the subscription ended (it must outlive broker restarts)."""
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            raise AssertionError(f"the subscription ended: {self._task.exception()!r}")
 
     def of(self, transaction_id: uuid.UUID) -> list[Event]:
         return [e for e in self.events if e.transaction and e.transaction.id == transaction_id]
@@ -416,6 +425,8 @@ class EventLog:
         def match() -> bool:
             nonlocal found
             found = next((e for e in self.events if predicate(e)), None)
+            if found is None:
+                self.check_listening()
             return found is not None
 
         try:

@@ -11,7 +11,7 @@ import aio_pika
 import pytest
 
 from kunpay_sdk import Event, EventType, KunPayClient
-from tests.integration.harness import GOOD, Stack
+from tests.integration.harness import GOOD, Stack, run, until
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +135,62 @@ async def test_since_must_say_its_time_zone(client: KunPayClient) -> None:
     naive = datetime.fromisoformat("2026-01-01T00:00:00")
     with pytest.raises(ValueError, match="timezone-aware"):
         client.events("q", since=naive)
+
+
+async def test_a_subscription_outlives_its_connection_dropped_mid_event(
+    stack: Stack, client: KunPayClient
+) -> None:
+    """The broker drops every connection while a handler runs: the ack then has no channel
+    to go on. The iteration goes on; the event comes again on the new channel, and so does
+    everything published later."""
+    subscription = await client.events(queue=f"drop-{uuid.uuid4().hex[:8]}").start()
+    reconnected = asyncio.Event()
+    client._connection.reconnect_callbacks.add(lambda *_: reconnected.set())
+    deliveries: list[Event] = []
+    first = await client.collect(**{**GOOD, "order_id": f"drop-{uuid.uuid4().hex[:8]}"})
+    later: uuid.UUID | None = None
+    try:
+        async with asyncio.timeout(60):
+            async for event in subscription:
+                async with event.process(reraise=True):
+                    deliveries.append(event)
+                    if len(deliveries) == 1:
+                        await run(
+                            "rabbitmqctl", "-q", "close_all_connections", "-p", stack.vhost, "test"
+                        )
+                        await reconnected.wait()
+                finals = {e.transaction.id for e in deliveries if e.transaction and e.is_final}
+                if later is None and first.transaction_id in finals:
+                    later = (
+                        await client.collect(**{**GOOD, "order_id": "after-drop"})
+                    ).transaction_id
+                if later is not None and later in finals:
+                    break
+    finally:
+        await subscription.close()
+    ids = [e.event_id for e in deliveries]
+    assert ids.count(deliveries[0].event_id) == 2, "the unacked event did not come again"
+    for tx in (first.transaction_id, later):
+        types = {e.type for e in deliveries if e.transaction and e.transaction.id == tx}
+        assert types == {EventType.INITIATED, EventType.SUCCEEDED}, (tx, types)
+
+
+async def test_closing_a_subscription_ends_an_iteration_waiting_on_it(
+    client: KunPayClient,
+) -> None:
+    subscription = await client.events(queue=f"closing-{uuid.uuid4().hex[:8]}").start()
+
+    async def iterate() -> list[Event]:
+        return [event async for event in subscription]
+
+    task = asyncio.create_task(iterate())
+
+    async def waiting() -> bool:
+        return subscription._queue_next is not None
+
+    await until(waiting, 5)
+    await subscription.close()
+    async with asyncio.timeout(5):
+        assert await task == []
+    with pytest.raises(RuntimeError, match="closed"):
+        await subscription.start()
