@@ -6,10 +6,17 @@ Two kinds reach the queue. Those the worker dead-letters itself carry ``x-kunpay
 Those the broker dead-letters (a crash loop past the delivery limit, an expired message) carry
 RabbitMQ's ``x-death`` and keep the app's ``user_id``.
 
+Whatever a message carries, its row is stored (a message the table refused would be held
+forever): NUL, which PostgreSQL's text and jsonb refuse, is stored as ␀ (U+2400, the symbol for
+null) in the row's text, properties and headers, and a value longer than its column is cut, with
+a hash of the whole kept at its end. The body is stored as it came, and the fingerprint that
+tells a message from a copy of it is taken from the message as it came.
+
 A replay republishes the stored message to where it was first published, with its app identity
-(the worker's broker user has the impersonator tag), with confirms, then marks the row. A replay
-interrupted between the two publishes that message again on the next run: harmless, because the
-worker takes in a command once per idempotency key.
+(the worker's broker user has the impersonator tag), with confirms, then marks the row (with ␀
+where a header or property held NUL). A replay interrupted between the two publishes that
+message again on the next run: harmless, because the worker takes in a command once per
+idempotency key.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
+from tortoise import fields
 from tortoise.exceptions import IntegrityError
 
 from kunpay_sdk import topology
@@ -37,6 +45,7 @@ __all__ = [
     "Facts",
     "facts_of",
     "replay",
+    "row_of",
     "select_for_replay",
     "store",
     "stored_headers",
@@ -155,34 +164,72 @@ def fingerprint(message: AbstractIncomingMessage) -> str:
     return digest.hexdigest()
 
 
-async def store(
-    message: AbstractIncomingMessage, worker_user: str | None = None
-) -> DeadLetter | None:
-    """One dead letter into the table; None when this very message was stored already."""
+# NUL as stored: PostgreSQL refuses it in text and jsonb; the symbol for null shows what it was.
+NUL_STORED_AS = "\u2400"
+
+
+def _storable(value: Any) -> Any:
+    """JSON-like data with NUL in its text (keys too) stored as the symbol for null."""
+    if isinstance(value, str):
+        return value.replace("\x00", NUL_STORED_AS)
+    if isinstance(value, Mapping):
+        return {_storable(str(k)): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
+
+
+def _width(column: str) -> int:
+    field = DeadLetter._meta.fields_map[column]
+    assert isinstance(field, fields.CharField)  # noqa: S101 - a column of the model
+    return field.max_length
+
+
+def _column(text: str | None, column: str) -> str | None:
+    """``text`` as the dead_letters column stores it: NUL as the symbol for null, and a value
+    longer than the column cut, ending with a hash of the whole (distinct ids stay distinct)."""
+    if text is None:
+        return None
+    stored: str = _storable(text)
+    width = _width(column)
+    if len(stored) <= width:
+        return stored
+    digest = hashlib.sha256(text.encode(errors="surrogatepass")).hexdigest()[:16]
+    return f"{stored[: width - len(digest) - 1]}…{digest}"
+
+
+def row_of(message: AbstractIncomingMessage, worker_user: str | None = None) -> dict[str, Any]:
+    """The ``dead_letters`` row of a message, every value one the table stores."""
     facts = facts_of(message, worker_user)
     properties = {
         name: value for name in _PROPERTIES if (value := getattr(message, name)) is not None
     }
+    message_id = _text((message.headers or {}).get(ORIGINAL_ID_HEADER)) or message.message_id
+    headers = {k: v for k, v in stored_headers(message).items() if k not in _DELIVERY_HEADERS}
+    return {
+        "fingerprint": fingerprint(message),
+        "message_id": _column(message_id, "message_id"),
+        "source_queue": _column(facts.source_queue, "source_queue"),
+        "exchange": _column(facts.exchange, "exchange"),
+        "routing_key": _column(facts.routing_key, "routing_key"),
+        "app": _column(facts.app, "app"),
+        "properties": _storable(properties),
+        "reason": _column(facts.reason, "reason"),
+        "error": _storable(facts.error),
+        "headers": _storable(headers),
+        "body": message.body,
+        "attempts": facts.attempts,
+        "first_failed_at": facts.first_failed_at,
+        "last_failed_at": facts.last_failed_at,
+    }
+
+
+async def store(
+    message: AbstractIncomingMessage, worker_user: str | None = None
+) -> DeadLetter | None:
+    """One dead letter into the table; None when this very message was stored already."""
     try:
-        return await DeadLetter.create(
-            fingerprint=fingerprint(message),
-            message_id=_text((message.headers or {}).get(ORIGINAL_ID_HEADER)) or message.message_id,
-            source_queue=facts.source_queue,
-            exchange=facts.exchange,
-            routing_key=facts.routing_key,
-            app=facts.app,
-            properties=properties,
-            reason=facts.reason[:100],
-            error=facts.error,
-            headers={
-                k: v for k, v in stored_headers(message).items() if k not in _DELIVERY_HEADERS
-            },
-            body=message.body,
-            attempts=facts.attempts,
-            first_failed_at=facts.first_failed_at,
-            last_failed_at=facts.last_failed_at,
-            created_at=datetime.now(UTC),
-        )
+        return await DeadLetter.create(**row_of(message, worker_user), created_at=datetime.now(UTC))
     except IntegrityError:
         return None  # redelivered after a commit whose ack was lost
 

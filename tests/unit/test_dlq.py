@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -88,3 +89,60 @@ def test_a_replay_goes_nowhere_else(exchange: str | None, key: str | None) -> No
     row: Any = SimpleNamespace(id=1, exchange=exchange, routing_key=key)
     with pytest.raises(dlq.NotReplayable, match="not replayed"):
         dlq.destination(row)
+
+
+def delivered(headers: dict[str, Any], message_id: str | None = "m-1", **properties: Any) -> Any:
+    """A dead-lettered message as the consumer gets it, its properties named or None."""
+    named = {name: properties.get(name) for name in ("content_type", "correlation_id", "type")}
+    return SimpleNamespace(
+        headers=headers,
+        user_id="shop",
+        routing_key="collect",
+        message_id=message_id,
+        body=b"not \x00 a command",
+        content_encoding=None,
+        **named,
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "message_id"),
+    [
+        ({}, "m" * 201),  # a property can be 255 characters
+        ({"x-kunpay-message-id": "i" * 300}, "m-1"),
+        ({"x-kunpay-message-id": {"nested": ["x" * 250, datetime.now(UTC)]}}, None),
+    ],
+)
+def test_a_message_id_longer_than_its_column_is_cut_keeping_a_hash(
+    headers: dict[str, Any], message_id: str | None
+) -> None:
+    stored = dlq.row_of(delivered(headers, message_id))["message_id"]
+    assert len(stored) == 200
+    original = str(headers.get("x-kunpay-message-id", message_id))
+    assert stored.startswith(original[:150])
+    other = dlq.row_of(delivered(headers, (message_id or "") + "2"))["message_id"]
+    if "x-kunpay-message-id" not in headers:
+        assert other != stored  # ids sharing their first 200 characters stay apart
+
+
+def test_a_message_id_that_fits_is_stored_as_it_is() -> None:
+    assert dlq.row_of(delivered({}, "m" * 200))["message_id"] == "m" * 200
+
+
+def test_nul_is_stored_as_the_symbol_for_null_but_the_body_as_it_came() -> None:
+    headers = {"note": "a\x00b", "k\x00ey": ["\x00", {"x": b"by\x00tes"}]}
+    message = delivered(headers, "id\x00", correlation_id="c\x00", type="t\x00")
+    row = dlq.row_of(message)
+    assert row["message_id"] == "id␀"
+    assert row["headers"] == {"note": "a␀b", "k␀ey": ["␀", {"x": "by␀tes"}]}
+    assert row["properties"] == {"message_id": "id␀", "correlation_id": "c␀", "type": "t␀"}
+    assert row["body"] == b"not \x00 a command"
+    text = json.dumps({k: v for k, v in row.items() if k != "body"}, default=str)
+    assert "\\u0000" not in text  # what PostgreSQL's jsonb refuses
+
+
+def test_the_fingerprint_is_of_the_message_as_it_came() -> None:
+    with_nul = dlq.row_of(delivered({"note": "a\x00b"}))
+    with_symbol = dlq.row_of(delivered({"note": "a␀b"}))
+    assert with_nul["headers"] == with_symbol["headers"]
+    assert with_nul["fingerprint"] != with_symbol["fingerprint"]
