@@ -50,6 +50,7 @@ __all__ = [
     "Intake",
     "NewTransaction",
     "RefundSupport",
+    "conflict_reason",
     "take_in_payment",
     "take_in_refund",
     "take_in_retry",
@@ -193,13 +194,27 @@ async def _inbox(
     )
 
 
+# Of an idempotency key quoted in a conflict's reason: quoted, a key of 200 non-printable
+# characters is up to 2000 long (inbox.reason holds 500).
+QUOTED_KEY_LENGTH = 300
+
+
+def conflict_reason(idempotency_key: str, transaction_id: uuid.UUID) -> str:
+    """Why a command reusing a key with other content is refused: the key quoted (cut if its
+    quoted form is long) and the transaction it names."""
+    quoted = repr(idempotency_key)
+    if len(quoted) > QUOTED_KEY_LENGTH:
+        quoted = quoted[: QUOTED_KEY_LENGTH - 1] + "…"
+    return (
+        f"IDEMPOTENCY_CONFLICT: key {quoted} was already used for transaction {transaction_id} "
+        "with different content"
+    )
+
+
 async def _reject_conflict(
     command: AnyCommand, app: str, existing: Transaction, now: datetime
 ) -> None:
-    reason = (
-        f"IDEMPOTENCY_CONFLICT: key {command.idempotency_key!r} was already used for "
-        f"transaction {existing.id} with different content"
-    )
+    reason = conflict_reason(command.idempotency_key, existing.id)
     await _inbox(command, app, existing.id, InboxOutcome.REJECTED, reason, now)
     event = Event(
         event_id=uuid.uuid4(),
