@@ -9,6 +9,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from aiohttp.http_exceptions import ContentEncodingError
 
 __all__ = ["configure", "mask_event", "mask_value"]
 
@@ -70,6 +71,32 @@ class _BrokerGoneIsAWarning(logging.Filter):
         return True
 
 
+def _undecodable_body(exc: BaseException | None) -> bool:
+    """A request body that does not decode as its Content-Encoding says (or names a coding
+    aiohttp cannot decode): aiohttp's own error, or one it raised from it."""
+    return isinstance(exc, ContentEncodingError) or isinstance(
+        getattr(exc, "__cause__", None), ContentEncodingError
+    )
+
+
+class _UndecodableBodyIsAWarning(logging.Filter):
+    """aiohttp logs a body that does not decode as its Content-Encoding says as an error: once
+    it has been answered 400 ("Unhandled exception": the server's read of the rest of the body
+    raises the decoding error again), or when it answers 400 itself for a coding it cannot
+    decode ("Error handling request"). A client sent a bad request and was told so: a warning,
+    so an error in the log still means something went wrong in the worker."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno == logging.ERROR
+            and record.name == "aiohttp.server"
+            and record.exc_info is not None
+            and _undecodable_body(record.exc_info[1])
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure(fmt: str = "auto", level: str = "INFO") -> None:
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     shared: list[Any] = [
@@ -99,6 +126,7 @@ def configure(fmt: str = "auto", level: str = "INFO") -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_BrokerGoneIsAWarning())
+    handler.addFilter(_UndecodableBodyIsAWarning())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
