@@ -39,6 +39,10 @@ __all__ = [
 log = structlog.get_logger("kunpay.messaging")
 
 ATTEMPT_HEADER = "x-kunpay-attempt"
+# The worker's own retries count in ATTEMPT_HEADER, but an app may put anything there. No retry
+# chain counts this far (one a second for thirty years); a count past it is an app's, and its
+# next would overflow AMQP's signed 64-bit integer (the retry or dead letter then fails).
+MAX_ATTEMPT_COUNT = 10**9
 ORIGINAL_ID_HEADER = "x-kunpay-message-id"
 
 COMMAND_TYPES = frozenset(
@@ -148,6 +152,14 @@ def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika
     )
 
 
+def _attempt(previous: object) -> int:
+    """This delivery's attempt: one more than the count in ATTEMPT_HEADER, when that is one
+    the worker could have written."""
+    if isinstance(previous, bool) or not isinstance(previous, int):
+        return 1
+    return previous + 1 if 0 <= previous < MAX_ATTEMPT_COUNT else 1
+
+
 class Dispatcher:
     """Wraps handlers: ack, delayed retry, or dead-letter; counts in-flight work, and counts
     each command delivery by type and outcome (``kunpay_commands_total``) and each dead letter
@@ -202,8 +214,7 @@ class Dispatcher:
         self, target: str, handler: Handler, message: AbstractIncomingMessage
     ) -> None:
         headers = dict(message.headers or {})
-        previous = headers.get(ATTEMPT_HEADER, 0)
-        attempt = (previous if isinstance(previous, int) else 0) + 1
+        attempt = _attempt(headers.get(ATTEMPT_HEADER))
         delivery = Delivery(message, attempt, self.max_attempts)
         outcome: Outcome
         try:

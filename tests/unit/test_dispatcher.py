@@ -143,3 +143,22 @@ async def test_when_the_broker_is_gone_the_message_goes_back_to_its_queue(
     message = Message()
     await run(dispatcher(RecordingPublisher(fail=True)), message, verdict)
     assert message.settled == ["nack(requeue=True)"]
+
+
+@pytest.mark.parametrize(
+    ("header", "counted"),
+    [(2**63 - 1, 1), (-5, 1), (True, 1), ("2", 1), (None, 1), (0, 1), (41, 42)],
+)
+async def test_an_attempt_count_no_retry_of_the_worker_wrote_starts_again_at_one(
+    header: object, counted: int
+) -> None:
+    # An app may put anything in x-kunpay-attempt: 2**63 - 1 counted on overflowed AMQP's
+    # 64-bit integer, and the dead letter could not be published.
+    publisher = RecordingPublisher()
+    message = Message(headers={"x-kunpay-attempt": header})
+    await run(dispatcher(publisher), message, Reject("malformed", "not JSON"))
+    ((exchange, _, copy),) = publisher.sent
+    assert exchange == "kunpay.dlx"
+    assert copy.headers["x-kunpay-attempts"] == counted
+    aio_pika.Message(body=b"", headers=copy.headers).properties.marshal()  # encodable
+    assert message.settled == ["ack"]
