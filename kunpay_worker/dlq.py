@@ -37,7 +37,7 @@ from tortoise import fields
 from tortoise.exceptions import IntegrityError
 
 from kunpay_sdk import topology
-from kunpay_worker.messaging import ATTEMPT_HEADER, ORIGINAL_ID_HEADER, Publisher
+from kunpay_worker.messaging import ATTEMPT_HEADER, ORIGINAL_ID_HEADER, Publisher, settle
 from kunpay_worker.storage.models import DeadLetter
 
 __all__ = [
@@ -261,7 +261,7 @@ class Consumer:
                 return  # stopping: unacked, the broker keeps it
             except TimeoutError:
                 delay = min(delay * 2, 30.0)
-        await message.ack()
+        await settle(message.ack())  # if the channel died, the row's fingerprint dedupes
         if row is not None:
             log.warning(
                 "dead letter stored",

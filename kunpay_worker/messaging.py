@@ -234,7 +234,7 @@ class Dispatcher:
             )
             outcome = "failed" if done == "retried" else done
         else:
-            await _settle(message.ack())
+            await settle(message.ack())
             outcome = "handled"
         if target == "commands":
             COMMANDS.labels(command_type(message.body), outcome).inc()
@@ -281,10 +281,10 @@ class Dispatcher:
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
             log.warning("could not schedule a retry; returning the message", error=repr(exc))
             # Bounded by the queue's x-delivery-limit, which dead-letters after that many.
-            await _settle(message.nack(requeue=True))
+            await settle(message.nack(requeue=True))
             return "requeued"
         log.info("retry scheduled", queue=target, attempt=attempt, delay_ms=tier, reason=reason)
-        await _settle(message.ack())
+        await settle(message.ack())
         return "retried"
 
     async def dead_letter(
@@ -312,17 +312,17 @@ class Dispatcher:
             await self.publisher.publish(topology.DEAD_LETTER_EXCHANGE, "", copy)
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError, TimeoutError) as exc:
             log.warning("could not dead-letter; returning the message", error=repr(exc))
-            await _settle(message.nack(requeue=True))  # bounded by x-delivery-limit
+            await settle(message.nack(requeue=True))  # bounded by x-delivery-limit
             return "requeued"
         DEAD_LETTERED.labels(reason).inc()
         log.warning(
             "dead-lettered", reason=reason, detail=detail[:200], message_id=message.message_id
         )
-        await _settle(message.ack())
+        await settle(message.ack())
         return "dead_lettered"
 
 
-async def _settle(action: Awaitable[Any]) -> None:
+async def settle(action: Awaitable[Any]) -> None:
     """Ack/nack; a dead channel means the broker redelivers, which handlers tolerate."""
     try:
         await action
