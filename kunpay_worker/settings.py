@@ -246,11 +246,10 @@ class Settings(BaseSettings):
     max_command_attempts: int = Field(10, ge=1)
     # Messages handled concurrently per queue. Most of a message's time is spent waiting (on
     # the provider, on the database): a large window keeps the worker busy when the provider
-    # is slow. A killed worker's window is redelivered, each message counting one delivery
-    # toward delivery_limit: that counts per message, not per window. 32, not more: with 256 the
-    # fault suite's RabbitMQ restarts (tests/fault, broker_faults at scale) lost events; until
-    # that is understood, a slow provider is served by more workers, not a larger window.
-    prefetch: int = Field(32, ge=1)
+    # is slow (Little's law: 1 s answers at 100 payments/s need about 100 in flight). A killed
+    # worker's window is redelivered, each message counting one delivery toward delivery_limit:
+    # that counts per message, not per window.
+    prefetch: int = Field(256, ge=1)
     delivery_limit: int = Field(20, ge=2)
     # Outbox relay: rows per batch, sweep interval for rows left behind, claim lease.
     outbox_batch: int = Field(200, ge=1)
