@@ -120,6 +120,10 @@ class OutboxRelay:
             self.published += len(sent)
             if len(done) < len(rows):
                 return total  # the rest waits for its lease to expire
+            if len(rows) < self._batch:
+                # That was all there was: rows committed since then come with their own
+                # notify(), which makes run() drain again at once.
+                return total
 
     async def backlog(self) -> int:
         return await OutboxMessage.all().count()
