@@ -49,6 +49,12 @@ def mask_event(
     return event_dict
 
 
+def _connection_gone(message: str) -> bool:
+    # "<Connection ...> closed", and a channel's close callback that found the transport
+    # already gone ("... ChannelInvalidStateError: No active transport in channel").
+    return message.endswith(" closed") or message.endswith("No active transport in channel")
+
+
 class _BrokerGoneIsAWarning(logging.Filter):
     """aiormq and aio-pika log a broker restart or a closed connection as errors, although the
     robust connection reconnects and the worker carries on (nothing confirmed is lost: unacked
@@ -58,7 +64,7 @@ class _BrokerGoneIsAWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno == logging.ERROR and (
             record.name == "aiormq.connection"
-            or (record.name.startswith("aio_pika") and record.getMessage().endswith(" closed"))
+            or (record.name.startswith("aio_pika") and _connection_gone(record.getMessage()))
             # A handler cancelled inside a database transaction when its channel closed:
             # asyncpg rolls the transaction back as it returns the connection to the pool,
             # and the message, never acked, comes back.

@@ -26,6 +26,12 @@ def record(name: str, message: str, level: int = logging.ERROR) -> logging.LogRe
             "Callback <...RobustChannel._on_close> error: RuntimeError: closed",
             logging.WARNING,
         ),
+        (
+            "aio_pika.tools",
+            "Callback <...RobustChannel._on_close> error: ChannelInvalidStateError: "
+            "No active transport in channel",
+            logging.WARNING,
+        ),
         ("aio_pika.tools", "Callback failed: ValueError", logging.ERROR),
         ("kunpay.worker", "handler failed", logging.ERROR),
         ("asyncio", "Resetting connection with an active transaction <...>", logging.WARNING),
