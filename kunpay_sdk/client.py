@@ -747,7 +747,9 @@ class KunPayClient:
 
         The queue is created and bound on first use (or by ``await subscription.start()``) and
         keeps events while nobody consumes. An event whose handler fails ``delivery_limit``
-        times moves to ``app.<app>.<queue>.dead-letter``.
+        times moves to ``app.<app>.<queue>.dead-letter``. The iteration outlives broker
+        restarts and dropped connections: an event being handled when the connection dropped
+        cannot be acked and comes again. It ends when the subscription or the client closes.
 
         ``since`` (timezone-aware): also the events that occurred from then on, read back from
         the ``kunpay.events.log`` stream (kept 7 days), for a subscriber that is new or was
