@@ -225,8 +225,8 @@ def _superseded_polls(rows: list[OutboxMessage]) -> list[OutboxMessage]:
 
     The newer row was committed with the transaction's ``poll_seq`` moved past theirs, and
     ``poll_seq`` only ever grows: the worker would drop them as stale on delivery (Engine.check),
-    so they are deleted unpublished. (The intake schedules a first check that the send's record
-    replaces a few milliseconds later.)"""
+    so they are deleted unpublished. (A duplicate command's check during a send, which the
+    send's record replaces a few milliseconds later.)"""
     seqs = [(seq, row) for row in rows if (seq := _poll_seq(row)) is not None]
     if len(seqs) < 2:
         return []

@@ -129,6 +129,12 @@ async def _take_in_once(
 
         new = await build(now)
         rejected = new.rejection is not None
+        # Unless it must wait, this delivery sends next (Engine.after_intake), and the send
+        # schedules the first check. Until then the row is due now with nothing in flight: if
+        # the delivery goes no further, the command comes again (it is retried until handled)
+        # and makes sure a check follows (Engine._ensure_check), and the janitor's sweep would
+        # find the row overdue. A row that waits gets its first check here.
+        sends_now = not rejected and new.send_after is None
         tx = await Transaction.create(
             id=command.transaction_id,
             app=app,
@@ -156,6 +162,8 @@ async def _take_in_once(
             fee_amount=new.fee_amount,
             net_amount=new.net_amount,
             send_after=new.send_after,
+            next_poll_at=now if sends_now else None,
+            event_seq=1,  # the sequence of the event set_status writes next
             created_at=now,
             updated_at=now,
         )
@@ -163,15 +171,12 @@ async def _take_in_once(
         if not rejected:
             for step in new.after_create:
                 await step(tx)
-        await set_status(tx, tx.status, new.rejection, now, command_id=command.command_id)
-        if rejected:
-            await Transaction.filter(id=tx.id).update(event_seq=tx.event_seq)
-        else:
-            first = plan.delays[0]
-            if new.send_after is not None:
-                first = max(first, (new.send_after - now).total_seconds())
-            # The first event's sequence and the first check: one UPDATE.
-            await schedule_first_check(tx, first, plan, now, event_seq=tx.event_seq)
+        await set_status(
+            tx, tx.status, new.rejection, now, command_id=command.command_id, created=True
+        )
+        if new.send_after is not None and not rejected:
+            first = max(plan.delays[0], (new.send_after - now).total_seconds())
+            await schedule_first_check(tx, first, plan, now)
         return Intake(InboxOutcome.ACCEPTED, tx)
 
 

@@ -162,6 +162,7 @@ async def set_status(
     command_id: uuid.UUID | None = None,
     manual_refund_id: str | None = None,
     log_reason: str | None = None,
+    created: bool = False,
     **changes: Any,
 ) -> Event | None:
     """Inside a DB transaction, with ``tx`` locked: compare-and-set ``tx.status`` to ``new``,
@@ -169,8 +170,9 @@ async def set_status(
     refunded payment in the same transaction; a second completed attempt of one payment is
     announced as ``payment.duplicate_detected``. ``log_reason``: what the status row says when
     it is not ``reason`` (an operator's note on a completion). Returns the event (None for a
-    same-status reason update)."""
-    current = tx.status if tx.event_seq else None  # event_seq 0: the row is being created
+    same-status reason update). ``created``: ``tx`` is a row the intake has just inserted,
+    with its status and the first event's sequence."""
+    current = None if created else tx.status
     plan = plan_transition(tx.type, current, new)
     if plan.current == plan.new and reason == tx.failure_reason:
         return None
@@ -199,8 +201,7 @@ async def set_status(
             command_id=command_id,
             original=original,
             provider_refund_id=refund_id,
-            bump=False,  # a new row's sequence is written by the intake
-            sequenced=current is not None,
+            sequenced=True,  # written above, or by the intake's INSERT
         )
     await TransactionStatus.create(
         transaction_id=tx.id,
@@ -464,12 +465,11 @@ async def repeat_check(tx_id: uuid.UUID, poll_seq: int, delay: float, plan: Poll
 
 
 async def schedule_first_check(
-    tx: Transaction, delay: float, plan: PollPlan, now: datetime, **also: Any
+    tx: Transaction, delay: float, plan: PollPlan, now: datetime
 ) -> None:
-    """Inside the intake transaction: the first check, so that the transaction moves on even
-    if the delivery that created it goes no further (the send supersedes it). ``also``: other
-    columns of the new row, written by the same UPDATE."""
-    await _schedule_poll(tx, delay, plan, now, also=also)
+    """Inside the intake transaction: the first check of a row that must wait before it is
+    sent (a retry's backoff)."""
+    await _schedule_poll(tx, delay, plan, now)
 
 
 async def _lock_claim(tx_id: uuid.UUID, fence: int) -> Transaction | None:

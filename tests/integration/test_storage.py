@@ -105,7 +105,8 @@ async def new_tx() -> Transaction:
 
 
 @pytest.mark.usefixtures("database")
-async def test_intake_writes_the_transaction_its_status_its_event_and_a_first_check() -> None:
+async def test_intake_writes_the_transaction_its_status_and_its_event() -> None:
+    before = datetime.now(UTC)
     tx = await new_tx()
     assert tx.status is Status.PENDING
     assert tx.initiation is Initiation.NEW
@@ -115,8 +116,25 @@ async def test_intake_writes_the_transaction_its_status_its_event_and_a_first_ch
         (Status.PENDING, "payment.initiated", 1)
     ]
     kinds = sorted(m.message_type for m in await OutboxMessage.filter(transaction_id=tx.id))
-    assert kinds == ["payment.initiated", "poll"]
-    assert (await Transaction.get(id=tx.id)).poll_seq == 1
+    # No check yet: the delivery sends next, and the send schedules it.
+    assert kinds == ["payment.initiated"]
+    row = await Transaction.get(id=tx.id)
+    assert (row.event_seq, row.poll_seq) == (1, 0)
+    # Due now with nothing in flight: a redelivery or the janitor sees it as overdue.
+    assert row.next_poll_at is not None
+    assert before <= row.next_poll_at <= datetime.now(UTC)
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_redelivery_after_the_send_was_claimed_gets_a_check_coming() -> None:
+    """The delivery that took a command in died after claiming the send: its redelivery
+    (Engine._ensure_check) schedules a check, however soon it comes."""
+    tx = await new_tx()
+    assert await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60, seen=tx)
+    assert await repo.schedule_poll(tx.id, 0.2, PLAN, unless_due_sooner=True)
+    row = await Transaction.get(id=tx.id)
+    polls = await OutboxMessage.filter(transaction_id=tx.id, message_type="poll")
+    assert [m.headers["poll_seq"] for m in polls] == [row.poll_seq] == [1]
 
 
 @pytest.mark.usefixtures("database")
@@ -579,12 +597,14 @@ class _RecordingPublisher:
 
 @pytest.mark.usefixtures("database")
 async def test_the_relay_drops_a_check_a_newer_one_of_its_transaction_supersedes() -> None:
-    """The intake's first check and the send's check in one pass: only the newer one is
+    """A duplicate command's check and the send's check in one pass: only the newer one is
     published (the worker would drop the older one as stale), events all go out, in order, and
     every row is deleted."""
     intake = await take_in(command())
     tx = intake.transaction
     assert tx is not None
+    assert await repo.schedule_poll(tx.id, 0.2, PLAN, unless_due_sooner=True)
+    tx = await Transaction.get(id=tx.id)
     claimed = await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60, seen=tx)
     assert claimed is tx
     assert tx.initiation is Initiation.SENDING

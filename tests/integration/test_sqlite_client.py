@@ -1,0 +1,127 @@
+"""kunpay's SQLite client (kunpay_worker/storage/sqlite.py): a DB transaction's BEGIN rides
+with its first statement, and nothing else about transactions changes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+from tortoise import Tortoise, connections
+from tortoise.exceptions import IntegrityError
+from tortoise.transactions import in_transaction
+
+from kunpay_worker.settings import Settings
+from kunpay_worker.storage import db
+from kunpay_worker.storage.models import Lease
+from kunpay_worker.storage.sqlite import KunpaySqliteClient
+
+pytestmark = pytest.mark.integration
+
+WHEN = datetime(2026, 11, 26, tzinfo=UTC)
+
+
+class Trips:
+    """Counts the calls the worker's loop hands to aiosqlite's thread."""
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self.count = 0
+        self.sql: list[str] = []
+        run = connection._execute
+
+        async def counted(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return await run(call, *args, **kwargs)
+
+        connection._execute = counted  # type: ignore[method-assign]
+
+
+@pytest.fixture
+async def trips(tmp_path: Path) -> AsyncIterator[Trips]:
+    settings = Settings(database_url=f"sqlite://{tmp_path / 'k.sqlite3'}")  # type: ignore[arg-type]
+    await db.migrate(settings)
+    await db.init(settings)
+    client = connections.get("default")
+    assert isinstance(client, KunpaySqliteClient)
+    await Lease.all().count()  # connected
+    try:
+        yield Trips(client._connection)
+    finally:
+        await Tortoise.close_connections()
+
+
+async def holders() -> dict[str, str]:
+    return {lease.name: lease.holder for lease in await Lease.all()}
+
+
+async def test_begin_rides_with_the_first_statement(trips: Trips) -> None:
+    async with in_transaction():
+        await Lease.create(name="a", holder="x", expires_at=WHEN)
+        await Lease.filter(name="a").update(holder="y")
+    # BEGIN + INSERT, UPDATE, COMMIT (Tortoise's own client: 5, with a no-op commit and BEGIN)
+    assert trips.count == 3
+    assert await holders() == {"a": "y"}
+
+
+async def test_a_transaction_that_ran_nothing_costs_nothing(trips: Trips) -> None:
+    async with in_transaction():
+        pass
+    assert trips.count == 0
+    async with in_transaction():
+        await Lease.create(name="a", holder="x", expires_at=WHEN)
+    assert await holders() == {"a": "x"}
+
+
+async def test_a_failure_rolls_everything_back(trips: Trips) -> None:
+    with pytest.raises(RuntimeError):
+        async with in_transaction():
+            await Lease.create(name="a", holder="x", expires_at=WHEN)
+            await Lease.create(name="b", holder="x", expires_at=WHEN)
+            raise RuntimeError("boom")
+    assert await holders() == {}
+    async with in_transaction():  # no transaction left open
+        await Lease.create(name="c", holder="x", expires_at=WHEN)
+    assert await holders() == {"c": "x"}
+
+
+async def test_a_first_statement_that_fails_leaves_no_transaction_open(trips: Trips) -> None:
+    await Lease.create(name="a", holder="x", expires_at=WHEN)
+    with pytest.raises(IntegrityError):
+        async with in_transaction():
+            await Lease.create(name="a", holder="again", expires_at=WHEN)
+    async with in_transaction():
+        await Lease.create(name="b", holder="x", expires_at=WHEN)
+    assert await holders() == {"a": "x", "b": "x"}
+
+
+async def test_a_nested_transaction_first_is_a_savepoint_inside_the_outer_one(
+    trips: Trips,
+) -> None:
+    with pytest.raises(RuntimeError):
+        async with in_transaction():
+            # The savepoint is the outer transaction's first statement: BEGIN goes first.
+            with pytest.raises(ValueError):
+                async with in_transaction():
+                    await Lease.create(name="inner", holder="x", expires_at=WHEN)
+                    raise ValueError("inner only")
+            await Lease.create(name="outer", holder="x", expires_at=WHEN)
+            assert await holders() == {"outer": "x"}
+            raise RuntimeError("now the outer one")
+    assert await holders() == {}
+
+
+async def test_concurrent_transactions_do_not_interleave(trips: Trips) -> None:
+    await Lease.create(name="n", holder="0", expires_at=WHEN)
+
+    async def bump() -> None:
+        async with in_transaction():
+            lease = await Lease.get(name="n")
+            await asyncio.sleep(0)  # let the others try to step in
+            await Lease.filter(name="n").update(holder=str(int(lease.holder) + 1))
+
+    await asyncio.gather(*(bump() for _ in range(50)))
+    assert await holders() == {"n": "50"}
