@@ -305,8 +305,11 @@ class Settings(BaseSettings):
         url = self.database_url.get_secret_value()
         scheme = urlsplit(url).scheme
         connection: str | dict[str, Any] = url
-        if scheme in ("postgres", "asyncpg", "postgresql") and "maxsize=" not in url:
-            connection = url + ("&" if "?" in url else "?") + f"maxsize={self.database_pool_size}"
+        if scheme in ("postgres", "asyncpg", "postgresql"):
+            if "maxsize=" not in url:
+                url += ("&" if "?" in url else "?") + f"maxsize={self.database_pool_size}"
+            # Tortoise's asyncpg client, without a reset query after every pooled query.
+            connection = {**expand_db_url(url), "engine": "kunpay_worker.storage.postgres"}
         elif scheme == "sqlite":
             # Tortoise's SQLite client with fewer thread trips per transaction.
             connection = {**expand_db_url(url), "engine": "kunpay_worker.storage.sqlite"}

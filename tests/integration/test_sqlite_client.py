@@ -77,11 +77,14 @@ async def test_a_transaction_that_ran_nothing_costs_nothing(trips: Trips) -> Non
 
 
 async def test_a_failure_rolls_everything_back(trips: Trips) -> None:
-    with pytest.raises(RuntimeError):
+    async def fails() -> None:
         async with in_transaction():
             await Lease.create(name="a", holder="x", expires_at=WHEN)
             await Lease.create(name="b", holder="x", expires_at=WHEN)
             raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await fails()
     assert await holders() == {}
     async with in_transaction():  # no transaction left open
         await Lease.create(name="c", holder="x", expires_at=WHEN)
@@ -101,16 +104,22 @@ async def test_a_first_statement_that_fails_leaves_no_transaction_open(trips: Tr
 async def test_a_nested_transaction_first_is_a_savepoint_inside_the_outer_one(
     trips: Trips,
 ) -> None:
-    with pytest.raises(RuntimeError):
+    async def inner() -> None:
+        async with in_transaction():
+            await Lease.create(name="inner", holder="x", expires_at=WHEN)
+            raise ValueError("inner only")
+
+    async def outer() -> None:
         async with in_transaction():
             # The savepoint is the outer transaction's first statement: BEGIN goes first.
-            with pytest.raises(ValueError):
-                async with in_transaction():
-                    await Lease.create(name="inner", holder="x", expires_at=WHEN)
-                    raise ValueError("inner only")
+            with pytest.raises(ValueError, match="inner only"):
+                await inner()
             await Lease.create(name="outer", holder="x", expires_at=WHEN)
             assert await holders() == {"outer": "x"}
             raise RuntimeError("now the outer one")
+
+    with pytest.raises(RuntimeError):
+        await outer()
     assert await holders() == {}
 
 

@@ -585,6 +585,40 @@ async def test_a_transaction_whose_begin_fails_leaves_the_task_usable(
     assert await count() == 0
 
 
+async def test_a_pooled_connection_goes_back_without_a_reset_query_but_never_in_a_transaction(
+    database: Database,
+) -> None:
+    """kunpay_worker/storage/postgres.py: no ``RESET ALL``… round trip after each pooled
+    query, and a transaction left open (a task cancelled inside it) is still rolled back."""
+    if database.kind != "postgres":
+        pytest.skip("pooled connections are PostgreSQL's")
+    from tortoise import connections
+
+    pool = connections.get("default")._pool  # type: ignore[attr-defined]
+    assert pool is not None or await Transaction.all().count() == 0
+    pool = connections.get("default")._pool  # type: ignore[attr-defined]
+    queries: list[str] = []
+    conn = await pool.acquire()
+    conn.add_query_logger(lambda record: queries.append(record.query))
+    await conn.fetchval("SELECT 1")
+    await pool.release(conn)
+    assert queries == ["SELECT 1"]
+
+    conn = await pool.acquire()
+    await conn.execute("BEGIN")
+    await conn.execute("CREATE TEMPORARY TABLE left_open (x int)")
+    assert conn.is_in_transaction()
+    await pool.release(conn)  # asyncpg rolls back (and tells the loop's exception handler)
+    seen = []
+    for _ in range(pool.get_size()):
+        conn = await pool.acquire()
+        seen.append(conn)
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
+    for conn in seen:
+        await pool.release(conn)
+
+
 class _RecordingPublisher:
     """What the outbox relay published, by routing key (a stand-in for the broker)."""
 

@@ -46,8 +46,23 @@ def test_a_send_lease_shorter_than_a_provider_call_is_refused() -> None:
 
 def test_postgres_gets_a_pool_sized_for_the_worker() -> None:
     settings = Settings(database_url="postgres://u@h/db", database_pool_size=25)  # type: ignore[arg-type]
-    url = settings.tortoise_config()["connections"]["default"]  # type: ignore[index]
-    assert url == "postgres://u@h/db?maxsize=25"
+    config = settings.tortoise_config()["connections"]["default"]  # type: ignore[index]
+    assert config["credentials"]["maxsize"] == "25"
+    assert config["credentials"]["host"] == "h"
+
+
+@pytest.mark.parametrize(
+    ("url", "engine"),
+    [
+        ("postgres://u@h/db", "kunpay_worker.storage.postgres"),
+        ("postgresql://u:p@h:5433/db?maxsize=3", "kunpay_worker.storage.postgres"),
+        ("asyncpg://u@h/db", "kunpay_worker.storage.postgres"),
+        ("sqlite://kunpay.sqlite3", "kunpay_worker.storage.sqlite"),
+    ],
+)
+def test_each_database_gets_kunpays_tortoise_client(url: str, engine: str) -> None:
+    config = Settings(database_url=url).tortoise_config()["connections"]["default"]  # type: ignore[arg-type, index]
+    assert config["engine"] == engine
 
 
 def test_negative_poll_delays_are_refused() -> None:
