@@ -95,37 +95,50 @@ Build = Callable[[datetime], Awaitable[NewTransaction]]
 async def _take_in(
     command: AnyCommand, app: str, fingerprint: str, build: Build, plan: PollPlan
 ) -> Intake:
-    for attempt in range(3):
+    # Most commands are new: the first try inserts without looking, and the transaction's
+    # key (the id, derived from the idempotency key) refuses a redelivery or a duplicate.
+    # The tries after it look first.
+    for attempt in range(4):
         try:
-            return await _take_in_once(command, app, fingerprint, build, plan)
+            return await _take_in_once(
+                command, app, fingerprint, build, plan, look_first=attempt > 0
+            )
         except IntegrityError:
-            # A concurrent delivery inserted the same command or transaction: look again.
-            if attempt == 2:
+            # This command or transaction exists (a concurrent delivery may just have
+            # inserted it): look again.
+            if attempt == 3:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _take_in_once(
-    command: AnyCommand, app: str, fingerprint: str, build: Build, plan: PollPlan
+    command: AnyCommand,
+    app: str,
+    fingerprint: str,
+    build: Build,
+    plan: PollPlan,
+    *,
+    look_first: bool,
 ) -> Intake:
     now = utcnow()
     async with in_transaction():
-        seen = await InboxCommand.get_or_none(command_id=command.command_id)
-        if seen is not None:
-            tx = (
-                await Transaction.get_or_none(id=seen.transaction_id)
-                if seen.outcome is not InboxOutcome.REJECTED
-                else None
-            )
-            return Intake(None, tx)
+        if look_first:
+            seen = await InboxCommand.get_or_none(command_id=command.command_id)
+            if seen is not None:
+                tx = (
+                    await Transaction.get_or_none(id=seen.transaction_id)
+                    if seen.outcome is not InboxOutcome.REJECTED
+                    else None
+                )
+                return Intake(None, tx)
 
-        existing = await lock(command.transaction_id)
-        if existing is not None:
-            if existing.fingerprint == fingerprint:
-                await _inbox(command, app, existing.id, InboxOutcome.DUPLICATE, None, now)
-                return Intake(InboxOutcome.DUPLICATE, existing)
-            await _reject_conflict(command, app, existing, now)
-            return Intake(InboxOutcome.REJECTED, None)
+            existing = await lock(command.transaction_id)
+            if existing is not None:
+                if existing.fingerprint == fingerprint:
+                    await _inbox(command, app, existing.id, InboxOutcome.DUPLICATE, None, now)
+                    return Intake(InboxOutcome.DUPLICATE, existing)
+                await _reject_conflict(command, app, existing, now)
+                return Intake(InboxOutcome.REJECTED, None)
 
         new = await build(now)
         rejected = new.rejection is not None

@@ -31,6 +31,7 @@ from kunpay_worker.storage import repository as repo
 from kunpay_worker.storage.intake import Intake, NewTransaction, take_in_payment
 from kunpay_worker.storage.models import (
     InboxCommand,
+    InboxOutcome,
     Initiation,
     OutboxMessage,
     Transaction,
@@ -135,6 +136,27 @@ async def test_a_redelivery_after_the_send_was_claimed_gets_a_check_coming() -> 
     row = await Transaction.get(id=tx.id)
     polls = await OutboxMessage.filter(transaction_id=tx.id, message_type="poll")
     assert [m.headers["poll_seq"] for m in polls] == [row.poll_seq] == [1]
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_redelivery_and_a_duplicate_are_recognised_and_write_nothing_twice() -> None:
+    """The first try of an intake inserts without looking: the existing row refuses it, and the
+    next try finds the command (a redelivery) or the transaction (a duplicate)."""
+    cmd = command("k-again")
+    first = await take_in(cmd)
+    assert first.outcome is InboxOutcome.ACCEPTED
+    again = await take_in(cmd)
+    assert again.outcome is None  # a redelivery
+    assert again.transaction is not None
+    assert again.transaction.id == cmd.transaction_id
+    duplicate = cmd.model_copy(update={"command_id": uuid.uuid4()})
+    dup = await take_in(duplicate)
+    assert dup.outcome is InboxOutcome.DUPLICATE
+    assert await Transaction.all().count() == 1
+    assert await TransactionStatus.filter(transaction_id=cmd.transaction_id).count() == 1
+    assert await OutboxMessage.filter(transaction_id=cmd.transaction_id).count() == 1
+    outcomes = sorted(str(row.outcome) for row in await InboxCommand.all())
+    assert outcomes == ["ACCEPTED", "DUPLICATE"]
 
 
 @pytest.mark.usefixtures("database")
