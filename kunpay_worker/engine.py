@@ -223,7 +223,12 @@ class Engine:
             # A key appeared since we decided (a late holder of an expired claim got it): the
             # money request may be out. Look it up; never pay with it a second time.
             await repo.record_sent(
-                claimed.id, fence, Initiation.UNKNOWN, self.plan.delays[0], self.plan
+                claimed.id,
+                fence,
+                Initiation.UNKNOWN,
+                self.plan.delays[0],
+                self.plan,
+                claimed=claimed,
             )
             self.notify()
             return None
@@ -255,7 +260,7 @@ class Engine:
                 # A refused copy proves nothing about the first send, which may be registering.
                 bound.warning("resend refused; looking the first one up", reason=reason)
                 recorded = await repo.record_sent(
-                    claimed.id, fence, Initiation.UNKNOWN, next_check, self.plan
+                    claimed.id, fence, Initiation.UNKNOWN, next_check, self.plan, claimed=claimed
                 )
             else:
                 bound.info("provider refused", reason=reason)
@@ -280,18 +285,30 @@ class Engine:
                     delay,
                     self.plan,
                     uncount=throttled,
+                    claimed=claimed,
                 )
         except (ProviderError, TimeoutError) as exc:
             # Timeout, 5xx, dropped connection, unreadable answer: it may have been processed.
             bound.warning("send outcome unknown; will look it up", error=str(exc) or repr(exc))
             recorded = await repo.record_sent(
-                claimed.id, fence, Initiation.UNKNOWN, next_check or self.plan.delays[0], self.plan
+                claimed.id,
+                fence,
+                Initiation.UNKNOWN,
+                next_check or self.plan.delays[0],
+                self.plan,
+                claimed=claimed,
             )
         else:
             # DUPLICATE: the provider already had this reference, so an earlier send landed.
             bound.debug("sent", result=str(receipt.result))
             recorded = await repo.record_sent(
-                claimed.id, fence, Initiation.SENT, next_check, self.plan, handle=receipt.handle
+                claimed.id,
+                fence,
+                Initiation.SENT,
+                next_check,
+                self.plan,
+                handle=receipt.handle,
+                claimed=claimed,
             )
         self.notify()
         return recorded

@@ -403,23 +403,24 @@ async def _schedule_poll(
     *,
     also: dict[str, Any] | None = None,
     where: dict[str, Any] | None = None,
-) -> None:
+) -> bool:
     """Inside a DB transaction: start a new poll chain link; older poll messages become stale.
 
     ``delay=None``: the schedule is spent; the janitor finds the row by ``next_poll_at``.
     ``also``: other column changes of the caller, written by the same UPDATE (and set on
-    ``tx``); ``where``: extra conditions of that UPDATE (the caller's fence).
+    ``tx``); ``where``: extra conditions of that UPDATE (the caller's fence). False, with
+    nothing written and ``tx`` as it was, when they no longer hold.
     """
-    tx.poll_seq += 1
     wait = plan.janitor_interval if delay is None else delay
-    tx.next_poll_at = now + timedelta(seconds=wait)
     values: dict[str, Any] = {"updated_at": now, **(also or {})}
-    values.update(poll_seq=tx.poll_seq, next_poll_at=tx.next_poll_at)
-    await Transaction.filter(id=tx.id, **(where or {})).update(**values)
+    values.update(poll_seq=tx.poll_seq + 1, next_poll_at=now + timedelta(seconds=wait))
+    if await Transaction.filter(id=tx.id, **(where or {})).update(**values) != 1:
+        return False
     for name, value in values.items():
         setattr(tx, name, value)
     if delay is not None:
         await _poll_message(tx, delay, plan, now).save()
+    return True
 
 
 async def lock(tx_id: uuid.UUID | None) -> Transaction | None:
@@ -472,17 +473,20 @@ async def schedule_first_check(
     await _schedule_poll(tx, delay, plan, now)
 
 
+def _claimed(tx: Transaction | None, fence: int) -> bool:
+    """Whether ``tx`` is held by the claim with attempt number ``fence``."""
+    return (
+        tx is not None
+        and tx.status is Status.PENDING
+        and tx.initiation is Initiation.SENDING
+        and tx.send_attempts == fence
+    )
+
+
 async def _lock_claim(tx_id: uuid.UUID, fence: int) -> Transaction | None:
     """The row, locked, if the claim with attempt number ``fence`` still holds it."""
     tx = await lock(tx_id)
-    if (
-        tx is None
-        or tx.status is not Status.PENDING
-        or tx.initiation is not Initiation.SENDING
-        or tx.send_attempts != fence
-    ):
-        return None
-    return tx
+    return tx if _claimed(tx, fence) else None
 
 
 async def record_sent(
@@ -494,17 +498,17 @@ async def record_sent(
     *,
     uncount: bool = False,
     handle: str | None = None,
+    claimed: Transaction | None = None,
 ) -> Transaction | None:
     """Record the send's answer (SENT or UNKNOWN, or NEW/UNKNOWN again when the request
     certainly did not arrive) and schedule the next check, in one DB transaction.
 
     ``uncount``: the attempt does not count toward the limit (the provider throttled us).
-    ``handle``: an id the provider gave in its answer. The row as written; None when the
-    claim was lost (our lease expired and another delivery took over)."""
+    ``handle``: an id the provider gave in its answer. ``claimed``: the row as the sender
+    holds it since its claim; while the row still has the claim and that ``poll_seq``, it is
+    written without being read again (the UPDATE checks both). The row as written; None when
+    the claim was lost (our lease expired and another delivery took over)."""
     async with in_transaction():
-        tx = await _lock_claim(tx_id, fence)
-        if tx is None:
-            return None
         now = utcnow()
         changes: dict[str, Any] = {
             "initiation": initiation,
@@ -514,7 +518,19 @@ async def record_sent(
         }
         if handle is not None:
             changes["provider_handle"] = handle
-        # One UPDATE for the answer and the next check, still fenced by the claim's attempt.
+        # One UPDATE for the answer and the next check, fenced by the claim's attempt.
+        if claimed is not None and claimed.id == tx_id and _claimed(claimed, fence):
+            unchanged = {
+                "status": Status.PENDING,
+                "initiation": Initiation.SENDING,
+                "send_attempts": fence,
+                "poll_seq": claimed.poll_seq,
+            }
+            if await _schedule_poll(claimed, delay, plan, now, also=changes, where=unchanged):
+                return claimed
+        tx = await _lock_claim(tx_id, fence)
+        if tx is None:
+            return None
         await _schedule_poll(tx, delay, plan, now, also=changes, where={"send_attempts": fence})
         return tx
 

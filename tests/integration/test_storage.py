@@ -160,6 +160,55 @@ async def test_a_redelivery_and_a_duplicate_are_recognised_and_write_nothing_twi
 
 
 @pytest.mark.usefixtures("database")
+async def test_a_send_is_recorded_on_the_claimed_row_while_nothing_moved() -> None:
+    tx = await new_tx()
+    claimed = await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60, seen=tx)
+    assert claimed is not None
+    recorded = await repo.record_sent(tx.id, 1, Initiation.SENT, 0.2, PLAN, claimed=claimed)
+    assert recorded is claimed
+    row = await Transaction.get(id=tx.id)
+    assert (row.initiation, row.poll_seq, row.send_lease_until) == (Initiation.SENT, 1, None)
+    assert (recorded.initiation, recorded.poll_seq) == (Initiation.SENT, 1)
+    polls = await OutboxMessage.filter(transaction_id=tx.id, message_type="poll")
+    assert [m.headers["poll_seq"] for m in polls] == [1]
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_send_is_recorded_on_a_fresh_read_when_a_check_was_scheduled_meanwhile() -> None:
+    tx = await new_tx()
+    claimed = await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60, seen=tx)
+    assert claimed is not None
+    # A duplicate command came during the send and scheduled a check (poll_seq 1).
+    assert await repo.schedule_poll(tx.id, 0.2, PLAN, unless_due_sooner=True)
+    recorded = await repo.record_sent(tx.id, 1, Initiation.SENT, 0.2, PLAN, claimed=claimed)
+    assert recorded is not None
+    row = await Transaction.get(id=tx.id)
+    assert (
+        (row.initiation, row.poll_seq)
+        == (Initiation.SENT, 2)
+        == (
+            recorded.initiation,
+            recorded.poll_seq,
+        )
+    )
+    polls = await OutboxMessage.filter(transaction_id=tx.id, message_type="poll")
+    assert sorted(m.headers["poll_seq"] for m in polls) == [1, 2]
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_send_whose_claim_was_taken_over_records_nothing() -> None:
+    tx = await new_tx()
+    claimed = await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60, seen=tx)
+    assert claimed is not None
+    # The lease ran out and another delivery claimed it (attempt 2).
+    await Transaction.filter(id=tx.id).update(send_attempts=2)
+    assert await repo.record_sent(tx.id, 1, Initiation.SENT, 0.2, PLAN, claimed=claimed) is None
+    row = await Transaction.get(id=tx.id)
+    assert (row.initiation, row.poll_seq, row.send_attempts) == (Initiation.SENDING, 0, 2)
+    assert not await OutboxMessage.filter(transaction_id=tx.id, message_type="poll").exists()
+
+
+@pytest.mark.usefixtures("database")
 async def test_concurrent_intakes_of_one_command_make_one_transaction() -> None:
     cmd = command()
     results = await asyncio.gather(*(take_in(cmd) for _ in range(5)))
