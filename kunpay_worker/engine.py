@@ -17,10 +17,12 @@ worker can race without a second charge:
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import ParamSpec, TypeVar
 
 import structlog
 
@@ -60,6 +62,22 @@ def _observation(lookup: Lookup) -> repo.Observation | None:
     )
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _step(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """An entry point: the provider exchanges it makes are stored with the state change they
+    lead to (repository.attempts_held)."""
+
+    @functools.wraps(method)
+    async def step(*args: P.args, **kwargs: P.kwargs) -> R:
+        async with repo.attempts_held():
+            return await method(*args, **kwargs)
+
+    return step
+
+
 @dataclass
 class Engine:
     settings: Settings
@@ -69,6 +87,7 @@ class Engine:
 
     # -- entry points ------------------------------------------------------------------------
 
+    @_step
     async def after_intake(self, tx: Transaction) -> Transaction | None:
         """Command path: send if nobody has; otherwise make sure a check is coming.
 
@@ -82,6 +101,7 @@ class Engine:
         await self._ensure_check(tx)
         return None
 
+    @_step
     async def check(self, tx_id: uuid.UUID, poll_seq: int) -> None:
         """Poll path: one scheduled check."""
         tx = await repo.load(tx_id)
@@ -107,6 +127,7 @@ class Engine:
         elif tx.initiation is Initiation.SENT:
             await self._look_up(tx, poll_seq)
 
+    @_step
     async def verify(self, tx_id: uuid.UUID) -> Transaction | None:
         """Ask the provider about a transaction now and apply a final answer (verify())."""
         tx = await repo.load(tx_id)
@@ -127,6 +148,7 @@ class Engine:
                 self.notify()
         return await repo.load(tx_id)
 
+    @_step
     async def check_now(self, tx_id: uuid.UUID) -> bool:
         """A provider's callback said something happened: ask the provider (the callback is
         only a hint) and apply a final answer. The poll chain goes on regardless.
@@ -154,6 +176,7 @@ class Engine:
         )
         return True
 
+    @_step
     async def recheck_before_retry(self, tx_id: uuid.UUID) -> None:
         """A retry is about to be taken in: ask the provider about the FAILED original first
         (it may have completed late). Errors leave the original as it is."""

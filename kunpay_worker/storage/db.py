@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Callable
 
 import asyncpg  # type: ignore[import-untyped]
-from tortoise import Tortoise, connections
+from tortoise import Model, Tortoise, connections
 from tortoise.backends.base.client import TransactionalDBClient, TransactionContextPooled
 from tortoise.connection import get_connections
 from tortoise.exceptions import DBConnectionError
@@ -15,7 +15,7 @@ from tortoise.migrations.executor import MigrationExecutor
 
 from kunpay_worker.settings import Settings
 
-__all__ = ["close", "init", "migrate", "pending_migrations", "unavailable"]
+__all__ = ["add", "close", "init", "migrate", "pending_migrations", "unavailable"]
 
 # The database could not be reached or dropped the connection (restarting, failing over).
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -41,6 +41,25 @@ def unavailable(exc: BaseException) -> bool:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return False
+
+
+async def add(row: Model) -> None:
+    """INSERT ``row`` in the current DB transaction, for a caller that needs no id the database
+    generates (the row's generated primary key stays unset).
+
+    On SQLite the INSERT goes with the transaction's next statement or its COMMIT, in one trip
+    to the SQLite thread (kunpay_worker/storage/sqlite.py), so an error it meets (a duplicate
+    key) is raised there; the transaction rolls back either way. Elsewhere it runs now."""
+    client = connections.get(row._meta.default_connection or "default")
+    defer = getattr(client, "defer_next_insert", None)
+    if defer is None:
+        await row.save(force_create=True)
+        return
+    defer(True)
+    try:
+        await row.save(using_db=client, force_create=True)
+    finally:
+        defer(False)
 
 
 async def init(settings: Settings) -> None:

@@ -36,6 +36,7 @@ from kunpay_sdk.contracts import (
     command_fingerprint,
 )
 from kunpay_worker.domain.refunds import RefundRefused, refund_amount
+from kunpay_worker.storage import db
 from kunpay_worker.storage.models import InboxCommand, InboxOutcome, Initiation, Refund, Transaction
 from kunpay_worker.storage.repository import (
     PollPlan,
@@ -148,7 +149,7 @@ async def _take_in_once(
         # and makes sure a check follows (Engine._ensure_check), and the janitor's sweep would
         # find the row overdue. A row that waits gets its first check here.
         sends_now = not rejected and new.send_after is None
-        tx = await Transaction.create(
+        tx = Transaction(
             id=command.transaction_id,
             app=app,
             type=new.type,
@@ -180,6 +181,7 @@ async def _take_in_once(
             created_at=now,
             updated_at=now,
         )
+        await db.add(tx)
         await _inbox(command, app, tx.id, InboxOutcome.ACCEPTED, None, now)
         if not rejected:
             for step in new.after_create:
@@ -201,14 +203,16 @@ async def _inbox(
     reason: str | None,
     now: datetime,
 ) -> None:
-    await InboxCommand.create(
-        command_id=command.command_id,
-        app=app,
-        operation=command.operation,
-        transaction_id=transaction_id,
-        outcome=outcome,
-        reason=reason,
-        received_at=now,
+    await db.add(
+        InboxCommand(
+            command_id=command.command_id,
+            app=app,
+            operation=command.operation,
+            transaction_id=transaction_id,
+            outcome=outcome,
+            reason=reason,
+            received_at=now,
+        )
     )
 
 
@@ -244,7 +248,7 @@ async def _reject_conflict(
         transaction=None,
         reason=reason,
     )
-    await event_outbox_row(event, app, now).save()
+    await db.add(event_outbox_row(event, app, now))
 
 
 # -- the four commands ------------------------------------------------------------------------
@@ -354,7 +358,7 @@ async def take_in_refund(
         )
 
         async def link(tx: Transaction) -> None:
-            await Refund.create(transaction_id=tx.id, original_id=original.id, amount=tx.amount)
+            await db.add(Refund(transaction_id=tx.id, original_id=original.id, amount=tx.amount))
 
         new.after_create.append(link)
         return new

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -33,6 +35,7 @@ from kunpay_sdk.contracts import (
 from kunpay_worker.domain.lifecycle import plan_transition
 from kunpay_worker.domain.schedule import next_poll_delay, tier_for, to_ms
 from kunpay_worker.providers.base import AttemptRecord
+from kunpay_worker.storage import db
 from kunpay_worker.storage.models import (
     DeadLetter,
     Initiation,
@@ -148,7 +151,7 @@ async def _emit(
         provider_refund_id=provider_refund_id,
         late=late,
     )
-    await event_outbox_row(event, tx.app, now).save()
+    await db.add(event_outbox_row(event, tx.app, now))
     return event
 
 
@@ -203,16 +206,18 @@ async def set_status(
             provider_refund_id=refund_id,
             sequenced=True,  # written above, or by the intake's INSERT
         )
-    await TransactionStatus.create(
-        transaction_id=tx.id,
-        status=new,
-        reason=log_reason if log_reason is not None else reason,
-        actor=actor,
-        event_id=event.event_id if event else None,
-        event_type=str(event.type) if event else None,
-        sequence=event.sequence if event else None,
-        event=event.model_dump(mode="json") if event else None,
-        created_at=now,
+    await db.add(
+        TransactionStatus(
+            transaction_id=tx.id,
+            status=new,
+            reason=log_reason if log_reason is not None else reason,
+            actor=actor,
+            event_id=event.event_id if event else None,
+            event_type=str(event.type) if event else None,
+            sequence=event.sequence if event else None,
+            event=event.model_dump(mode="json") if event else None,
+            created_at=now,
+        )
     )
     if (
         tx.type is TransactionType.COLLECTION
@@ -419,7 +424,7 @@ async def _schedule_poll(
     for name, value in values.items():
         setattr(tx, name, value)
     if delay is not None:
-        await _poll_message(tx, delay, plan, now).save()
+        await db.add(_poll_message(tx, delay, plan, now))
     return True
 
 
@@ -439,7 +444,7 @@ async def schedule_poll(
     duplicates cannot keep pushing the chain back; an overdue one (its message lost, or stuck
     in a crashed worker's outbox claim) is replaced. False if nothing was scheduled.
     """
-    async with in_transaction():
+    async with _recording():
         tx = await lock(tx_id)
         if tx is None or tx.status is not Status.PENDING:
             return False
@@ -457,7 +462,7 @@ async def schedule_poll(
 async def repeat_check(tx_id: uuid.UUID, poll_seq: int, delay: float, plan: PollPlan) -> bool:
     """The check with ``poll_seq`` could not ask the provider (throttled, circuit open): the
     same check ``delay`` seconds later, not counted. False if the chain moved on meanwhile."""
-    async with in_transaction():
+    async with _recording():
         tx = await lock(tx_id)
         if tx is None or tx.status is not Status.PENDING or tx.poll_seq != poll_seq:
             return False
@@ -508,7 +513,7 @@ async def record_sent(
     holds it since its claim; while the row still has the claim and that ``poll_seq``, it is
     written without being read again (the UPDATE checks both). The row as written; None when
     the claim was lost (our lease expired and another delivery took over)."""
-    async with in_transaction():
+    async with _recording():
         now = utcnow()
         changes: dict[str, Any] = {
             "initiation": initiation,
@@ -538,7 +543,7 @@ async def record_sent(
 async def record_handle(tx_id: uuid.UUID, fence: int, handle: str) -> bool:
     """Commit the provider's lookup key (Orange payToken) before the money request goes out;
     only while our claim's lease still holds, so a takeover never finds a key it did not get."""
-    async with in_transaction():
+    async with _recording():
         tx = await _lock_claim(tx_id, fence)
         if tx is None or tx.send_lease_until is None or tx.send_lease_until <= utcnow():
             return False
@@ -565,7 +570,7 @@ async def reset_unsent(tx_id: uuid.UUID, expected: Initiation, attempts_seen: in
 
 async def record_refused(tx_id: uuid.UUID, fence: int, reason: str) -> Event | None:
     """The provider refused the request: the transaction FAILS with the provider's reason."""
-    async with in_transaction():
+    async with _recording():
         tx = await _lock_claim(tx_id, fence)
         if tx is None:
             return None
@@ -582,7 +587,7 @@ async def record_refused(tx_id: uuid.UUID, fence: int, reason: str) -> Event | N
 
 async def fail_unsent(tx_id: uuid.UUID, fence: int, reason: str) -> Event | None:
     """Give up on a claimed transaction whose request never reached the provider."""
-    async with in_transaction():
+    async with _recording():
         tx = await _lock_claim(tx_id, fence)
         if tx is None:
             return None
@@ -625,7 +630,7 @@ async def record_check(
     chain neither counts nor schedules. ``found_reference`` moves a SENDING (expired lease) or
     UNKNOWN initiation to SENT. ``give_up``: when the schedule is spent, FAIL with this reason
     (only ever for a request the provider says it never registered)."""
-    async with in_transaction():
+    async with _recording():
         tx = await lock(tx_id)
         if tx is None or tx.status is not Status.PENDING:
             return None
@@ -678,7 +683,7 @@ async def record_late_check(
 ) -> Event | None:
     """One late check of a FAILED collection: a provider's late success completes it (with
     ``late: true``); otherwise the next late check, if any."""
-    async with in_transaction():
+    async with _recording():
         tx = await lock(tx_id)
         if tx is None or tx.status is not Status.FAILED:
             return None
@@ -700,7 +705,7 @@ async def apply_observation(
 ) -> Event | None:
     """What verify() learned: a final status for a PENDING transaction, or a late success for
     a FAILED collection. Anything else changes nothing (the poll chain goes on as it was)."""
-    async with in_transaction():
+    async with _recording():
         tx = await lock(tx_id)
         if tx is None:
             return None
@@ -821,10 +826,17 @@ async def unreplayed_dead_letters() -> int:
 
 async def overdue(grace: float, limit: int) -> list[uuid.UUID]:
     """PENDING transactions whose next check is overdue (lost poll messages, spent
-    schedules), oldest first."""
-    cutoff = utcnow() - timedelta(seconds=grace)
+    schedules), oldest first. A row being sent under a live claim is not: its send schedules
+    the next check (a new row is due from its intake until its send is recorded)."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=grace)
     rows = (
-        await Transaction.filter(status=Status.PENDING, stale=False, next_poll_at__lt=cutoff)
+        await Transaction.filter(
+            Q(send_lease_until__isnull=True) | Q(send_lease_until__lt=now),
+            status=Status.PENDING,
+            stale=False,
+            next_poll_at__lt=cutoff,
+        )
         .order_by("next_poll_at")
         .limit(limit)
         .only("id")
@@ -846,6 +858,7 @@ async def reschedule_overdue(
             or tx.stale
             or tx.next_poll_at is None
             or tx.next_poll_at >= now - timedelta(seconds=grace)
+            or (tx.send_lease_until is not None and tx.send_lease_until >= now)
         ):
             return "skipped"
         if tx.created_at < now - timedelta(seconds=max_age):
@@ -983,21 +996,73 @@ async def final_event(tx: Transaction) -> Event | None:
     return Event.model_validate(row.event)
 
 
+# -- the audit trail of provider exchanges ----------------------------------------------------
+
+# The exchanges an engine step made and has not stored yet (see attempts_held).
+_HELD: ContextVar[list[ProviderAttempt] | None] = ContextVar("kunpay_held_attempts", default=None)
+
+
+def _attempt_row(record: AttemptRecord) -> ProviderAttempt:
+    return ProviderAttempt(
+        transaction_id=uuid.UUID(record.transaction_id) if record.transaction_id else None,
+        backend=record.backend,
+        operation=record.operation,
+        method=record.method,
+        url=record.url[:500],
+        request_body=record.request_body,
+        response_status=record.response_status,
+        response_body=record.response_body,
+        error=record.error[:500] if record.error else None,
+        duration_ms=record.duration_ms,
+        created_at=utcnow(),
+    )
+
+
 async def record_attempt(record: AttemptRecord) -> None:
-    """Store one provider HTTP exchange; a failure to store it never fails the payment."""
+    """Store one provider HTTP exchange, or — inside :func:`attempts_held` — hold it for the
+    step's next state change. A failure to store it never fails the payment."""
+    row = _attempt_row(record)
+    held = _HELD.get()
+    if held is not None:
+        held.append(row)
+        return
+    await _store_attempts([row])
+
+
+async def _store_attempts(rows: list[ProviderAttempt]) -> None:
     try:
-        await ProviderAttempt.create(
-            transaction_id=uuid.UUID(record.transaction_id) if record.transaction_id else None,
-            backend=record.backend,
-            operation=record.operation,
-            method=record.method,
-            url=record.url[:500],
-            request_body=record.request_body,
-            response_status=record.response_status,
-            response_body=record.response_body,
-            error=record.error[:500] if record.error else None,
-            duration_ms=record.duration_ms,
-            created_at=utcnow(),
-        )
+        async with in_transaction():
+            for row in rows:
+                await db.add(row)
     except Exception:
-        log.warning("could not store a provider attempt", exc_info=True)
+        log.warning("could not store provider attempts", count=len(rows), exc_info=True)
+
+
+@asynccontextmanager
+async def attempts_held() -> AsyncIterator[None]:
+    """An engine step: the provider exchanges it makes are stored in the DB transaction of the
+    state change they lead to (the send's answer, a check), which costs a SQLite worker no
+    statement of their own; what no such transaction took is stored at the end of the step,
+    whatever the way out."""
+    held: list[ProviderAttempt] = []
+    token = _HELD.set(held)
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
+        if held:
+            await _store_attempts(held)
+
+
+@asynccontextmanager
+async def _recording() -> AsyncIterator[None]:
+    """A DB transaction that also stores the exchanges the step holds; when it rolls back,
+    they stay held."""
+    held = _HELD.get()
+    taken = list(held) if held else []
+    async with in_transaction():
+        for row in taken:
+            await db.add(row)
+        yield
+    if held:
+        del held[: len(taken)]

@@ -3,14 +3,18 @@
 aiosqlite runs every statement on its own thread, and the worker's event loop resumes the
 caller after each one. Tortoise holds SQLite's single connection for the whole of a DB
 transaction, so every trip inside one is time nobody else can use the database: on a busy
-worker that convoy, not SQLite, limits throughput (README, Performance). Tortoise's
-transactions open with two trips (a ``commit()`` that does nothing in autocommit mode, then
-``BEGIN``). Here ``BEGIN`` goes with the transaction's first statement, in the same trip,
-and a transaction that ran no statement costs none.
+worker that convoy, not SQLite, limits throughput (README, Performance). Two changes:
 
-Nothing else changes: the statements, their order, the connection lock and the error
-translation are Tortoise's. ``Settings.tortoise_config`` names this module as the engine of
-``sqlite://`` URLs.
+* ``BEGIN`` goes with the transaction's first statement, in the same trip (Tortoise's own
+  client spends two trips on it: a ``commit()`` that does nothing in autocommit mode, then
+  ``BEGIN``), and a transaction that ran nothing costs none;
+* an INSERT made through :func:`kunpay_worker.storage.db.add` (one whose caller needs no
+  generated id) waits for the transaction's next statement or its ``COMMIT`` and goes in the
+  same trip, in order. An error it meets (a duplicate key) is raised there, and the
+  transaction is rolled back as for any error.
+
+The statements, their order, the connection lock and the error translation are Tortoise's.
+``Settings.tortoise_config`` names this module as the engine of ``sqlite://`` URLs.
 """
 
 from __future__ import annotations
@@ -27,25 +31,69 @@ from tortoise.backends.sqlite.client import (
     SqliteTransactionWrapper,
     translate_exceptions,
 )
+from tortoise.exceptions import IntegrityError, OperationalError, TransactionManagementError
 
 __all__ = ["KunpaySqliteClient", "client_class"]
 
 T = TypeVar("T")
+Write = tuple[str, list[Any]]
 
 
-class _Begin:
-    """Whether the DB transaction still owes its ``BEGIN`` (shared with nested savepoints)."""
+class _Owed:
+    """What the DB transaction has not sent yet: its ``BEGIN`` and the INSERTs put off.
+    Shared by the transaction and the savepoints nested in it."""
 
-    __slots__ = ("pending",)
+    __slots__ = ("begin", "defer_next", "writes")
 
     def __init__(self) -> None:
-        self.pending = False
+        self.begin = False
+        self.writes: list[Write] = []
+        self.defer_next = False
+
+    def take(self) -> tuple[bool, list[Write]]:
+        begin, writes = self.begin, self.writes
+        self.begin, self.writes = False, []
+        return begin, writes
 
 
-def _begin_then(conn: sqlite3.Connection, call: Callable[..., T], *args: Any) -> T:
-    # On the SQLite thread: both in one trip.
-    conn.execute("BEGIN")
+# -- on the SQLite thread ----------------------------------------------------------------------
+
+
+def _catch_up(conn: sqlite3.Connection, begin: bool, writes: list[Write]) -> None:
+    if begin:
+        conn.execute("BEGIN")
+    for query, values in writes:
+        conn.execute(query, values)
+
+
+def _then(
+    conn: sqlite3.Connection, begin: bool, writes: list[Write], call: Callable[..., T], *args: Any
+) -> T:
+    _catch_up(conn, begin, writes)
     return call(*args)
+
+
+def _changes_and_rows(
+    conn: sqlite3.Connection, query: str, values: list[Any]
+) -> tuple[int, list[Any]]:
+    # Counted here, after any writes that went first: Tortoise counts from the loop thread.
+    start = conn.total_changes
+    rows = conn.execute(query, values).fetchall()
+    return (conn.total_changes - start) or len(rows), rows
+
+
+def _finish(conn: sqlite3.Connection, begin: bool, writes: list[Write]) -> None:
+    try:
+        _catch_up(conn, begin, writes)
+        conn.commit()
+    except BaseException:
+        if conn.in_transaction:  # never leave the shared connection inside a transaction
+            conn.rollback()
+        raise
+
+
+def _statement(conn: sqlite3.Connection, sql: str) -> None:
+    conn.execute(sql)
 
 
 class KunpaySqliteClient(SqliteClient):
@@ -56,60 +104,95 @@ class KunpaySqliteClient(SqliteClient):
 class _TransactionWrapper(SqliteTransactionWrapper):
     def __init__(self, connection: SqliteClient) -> None:
         super().__init__(connection)
-        parent_begin = getattr(connection, "_begin", None)
-        self._begin: _Begin = parent_begin if isinstance(parent_begin, _Begin) else _Begin()
+        parent = getattr(connection, "_owed", None)
+        self._owed: _Owed = parent if isinstance(parent, _Owed) else _Owed()
 
     def _in_transaction(self) -> TransactionContext:
         return NestedTransactionContext(_TransactionWrapper(self))
 
+    def defer_next_insert(self, defer: bool) -> None:
+        """The next ``execute_insert`` waits for the next statement or the commit."""
+        self._owed.defer_next = defer
+
     async def _call(
         self, connection: aiosqlite.Connection, call: Callable[..., T], *args: Any
     ) -> T:
-        """``call(*args)`` on the SQLite thread, after the owed ``BEGIN`` if there is one."""
+        """``call(*args)`` on the SQLite thread, after what the transaction owes, one trip."""
         run: Callable[..., Awaitable[T]] = connection._execute  # aiosqlite's queue to its thread
-        if self._begin.pending:
-            self._begin.pending = False  # a failed BEGIN leaves no transaction to roll back
-            return await run(_begin_then, connection._conn, call, *args)
+        begin, writes = self._owed.take()
+        if begin or writes:
+            return await run(_then, connection._conn, begin, writes, call, *args)
         return await run(call, *args)
 
-    async def _settle_begin(self) -> None:
-        """The owed ``BEGIN`` on its own, before a statement that cannot take it along."""
-        if self._begin.pending:
-            self._begin.pending = False
-            await self._connection.execute("BEGIN")
+    async def _statement(self, sql: str) -> None:
+        await self._call(self._connection, _statement, self._connection._conn, sql)
 
     # -- the transaction ---------------------------------------------------------------------
 
     async def begin(self) -> None:
         # Autocommit mode (isolation_level=None) never has an implicit transaction to end.
-        self._begin.pending = True
+        self._owed.begin = True
 
     async def commit(self) -> None:
-        if self._begin.pending:
-            self._begin.pending = False
-            self._finalized = True  # nothing ran: nothing to commit
-            return
-        await super().commit()
+        if self._finalized:
+            raise TransactionManagementError("Transaction already finalised")
+        self._finalized = True
+        begin, writes = self._owed.take()
+        if begin and not writes:
+            return  # nothing ran: nothing to commit
+        run: Callable[..., Awaitable[None]] = self._connection._execute
+        try:
+            await run(_finish, self._connection._conn, begin, writes)
+        except sqlite3.IntegrityError as exc:
+            raise IntegrityError(exc) from exc
+        except sqlite3.OperationalError as exc:
+            raise OperationalError(exc) from exc
 
     async def rollback(self) -> None:
-        if self._begin.pending:
-            self._begin.pending = False
-            self._finalized = True
-            return
-        await super().rollback()
+        if self._finalized:
+            raise TransactionManagementError("Transaction already finalised")
+        self._finalized = True
+        begin, _unsent = self._owed.take()
+        if begin:
+            return  # nothing ran: nothing to roll back
+        await self._connection.rollback()
 
     async def savepoint(self) -> None:
-        await self._settle_begin()
-        await super().savepoint()
+        self._savepoint = f"kunpay_sp_{id(self):x}"
+        await self._statement(f"SAVEPOINT {self._savepoint}")
+
+    async def savepoint_rollback(self) -> None:
+        if self._finalized:
+            raise TransactionManagementError("Transaction already finalised")
+        if self._savepoint is None:
+            raise TransactionManagementError("No savepoint to rollback to")
+        self._owed.writes.clear()  # put off inside the savepoint: rolled back unsent
+        await self._statement(f"ROLLBACK TO {self._savepoint}")
+        self._savepoint = None
+        self._finalized = True
+
+    async def release_savepoint(self) -> None:
+        if self._finalized:
+            raise TransactionManagementError("Transaction already finalised")
+        if self._savepoint is None:
+            raise TransactionManagementError("No savepoint to release")
+        await self._statement(f"RELEASE {self._savepoint}")
+        self._savepoint = None
+        self._finalized = True
 
     # -- statements (as SqliteClient runs them, through _call) -------------------------------
 
     @translate_exceptions
     async def execute_insert(self, query: str, values: list[Any]) -> int:
+        if self._owed.defer_next:
+            self._owed.defer_next = False
+            self._owed.writes.append((query, list(values)))
+            # No id yet: Tortoise leaves a generated primary key unset (kunpay's db.add).
+            return None  # type: ignore[return-value]
         async with self.acquire_connection() as connection:
             self.log.debug("%s: %s", query, values)
             row = await self._call(connection, connection._execute_insert, query, values)
-            return int(row[0])
+            return int(row[0]) if row is not None else 0
 
     @translate_exceptions
     async def execute_query(
@@ -118,9 +201,9 @@ class _TransactionWrapper(SqliteTransactionWrapper):
         query = query.replace("\x00", "'||CHAR(0)||'")
         async with self.acquire_connection() as connection:
             self.log.debug("%s: %s", query, values)
-            start = connection.total_changes
-            rows = await self._call(connection, connection._execute_fetchall, query, values or [])
-            return (connection.total_changes - start) or len(rows), rows
+            return await self._call(
+                connection, _changes_and_rows, connection._conn, query, values or []
+            )
 
     @translate_exceptions
     async def execute_query_dict(
@@ -132,12 +215,17 @@ class _TransactionWrapper(SqliteTransactionWrapper):
             rows = await self._call(connection, connection._execute_fetchall, query, values or [])
             return list(map(dict, rows))
 
+    async def _caught_up(self) -> None:
+        """Send what is owed on its own, before a statement that cannot take it along."""
+        if self._owed.begin or self._owed.writes:
+            await self._call(self._connection, _catch_up, self._connection._conn, False, [])
+
     async def execute_many(self, query: str, values: list[list[Any]]) -> None:
-        await self._settle_begin()
+        await self._caught_up()
         await super().execute_many(query, values)
 
     async def execute_script(self, query: str) -> None:
-        await self._settle_begin()
+        await self._caught_up()
         await super().execute_script(query)
 
 

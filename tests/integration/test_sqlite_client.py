@@ -1,5 +1,6 @@
 """kunpay's SQLite client (kunpay_worker/storage/sqlite.py): a DB transaction's BEGIN rides
-with its first statement, and nothing else about transactions changes."""
+with its first statement, INSERTs made through ``db.add`` ride with the next statement or the
+COMMIT, and nothing else about transactions changes."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tortoise.transactions import in_transaction
 
 from kunpay_worker.settings import Settings
 from kunpay_worker.storage import db
-from kunpay_worker.storage.models import Lease
+from kunpay_worker.storage.models import Lease, OutboxKind, OutboxMessage
 from kunpay_worker.storage.sqlite import KunpaySqliteClient
 
 pytestmark = pytest.mark.integration
@@ -134,3 +135,103 @@ async def test_concurrent_transactions_do_not_interleave(trips: Trips) -> None:
 
     await asyncio.gather(*(bump() for _ in range(50)))
     assert await holders() == {"n": "50"}
+
+
+def lease(name: str, holder: str = "x") -> Lease:
+    return Lease(name=name, holder=holder, expires_at=WHEN)
+
+
+async def test_inserts_through_add_ride_with_the_commit(trips: Trips) -> None:
+    async with in_transaction():
+        await db.add(lease("a"))
+        await db.add(lease("b"))
+        await db.add(lease("c"))
+    assert trips.count == 1  # BEGIN, three INSERTs and COMMIT
+    assert await holders() == {"a": "x", "b": "x", "c": "x"}
+
+
+async def test_a_transaction_reads_what_it_added(trips: Trips) -> None:
+    async with in_transaction():
+        await db.add(lease("a"))
+        assert (await Lease.get(name="a")).holder == "x"
+        updated = await Lease.filter(name__in=["a", "nobody"]).update(holder="y")
+        assert updated == 1  # the UPDATE's own count, not the INSERT's
+    assert trips.count == 3
+    assert await holders() == {"a": "y"}
+
+
+async def test_a_generated_id_stays_unset_until_written(trips: Trips) -> None:
+    row = OutboxMessage(
+        kind=OutboxKind.MESSAGE,
+        exchange="",
+        routing_key="q",
+        body="{}",
+        headers={},
+        message_type="poll",
+        created_at=WHEN,
+    )
+    async with in_transaction():
+        await db.add(row)
+        assert row.id is None
+    assert await OutboxMessage.all().count() == 1
+    outside = OutboxMessage(
+        kind=OutboxKind.MESSAGE,
+        exchange="",
+        routing_key="q",
+        body="{}",
+        headers={},
+        message_type="poll",
+        created_at=WHEN,
+    )
+    await db.add(outside)  # no transaction: written now, with its id
+    assert outside.id is not None
+
+
+async def test_a_duplicate_key_met_at_commit_rolls_everything_back(trips: Trips) -> None:
+    await Lease.create(name="a", holder="x", expires_at=WHEN)
+
+    async def duplicate() -> None:
+        async with in_transaction():
+            await Lease.filter(name="a").update(holder="changed")
+            await db.add(lease("b"))
+            await db.add(lease("a", "again"))
+
+    with pytest.raises(IntegrityError):
+        await duplicate()
+    assert await holders() == {"a": "x"}
+    async with in_transaction():  # no transaction left open
+        await db.add(lease("c"))
+    assert await holders() == {"a": "x", "c": "x"}
+
+
+async def test_a_duplicate_key_met_at_the_next_statement_is_raised_there(trips: Trips) -> None:
+    await Lease.create(name="a", holder="x", expires_at=WHEN)
+    reached = False
+
+    async def duplicate() -> None:
+        nonlocal reached
+        async with in_transaction():
+            await db.add(lease("a", "again"))
+            await Lease.all().count()
+            reached = True
+
+    with pytest.raises(IntegrityError):
+        await duplicate()
+    assert not reached
+    assert await holders() == {"a": "x"}
+
+
+async def test_an_insert_added_in_a_savepoint_that_rolls_back_is_never_written(
+    trips: Trips,
+) -> None:
+    async def inner() -> None:
+        async with in_transaction():
+            await db.add(lease("inner"))
+            raise ValueError("inner only")
+
+    async with in_transaction():
+        await db.add(lease("outer"))
+        with pytest.raises(ValueError, match="inner only"):
+            await inner()
+        await db.add(lease("after"))
+    assert await holders() == {"outer": "x", "after": "x"}

@@ -25,6 +25,7 @@ from kunpay_sdk.contracts import (
     validate_payment,
 )
 from kunpay_worker.outbox import OutboxRelay
+from kunpay_worker.providers.base import AttemptRecord
 from kunpay_worker.settings import Settings
 from kunpay_worker.storage import db
 from kunpay_worker.storage import repository as repo
@@ -34,6 +35,7 @@ from kunpay_worker.storage.models import (
     InboxOutcome,
     Initiation,
     OutboxMessage,
+    ProviderAttempt,
     Transaction,
     TransactionStatus,
 )
@@ -157,6 +159,64 @@ async def test_a_redelivery_and_a_duplicate_are_recognised_and_write_nothing_twi
     assert await OutboxMessage.filter(transaction_id=cmd.transaction_id).count() == 1
     outcomes = sorted(str(row.outcome) for row in await InboxCommand.all())
     assert outcomes == ["ACCEPTED", "DUPLICATE"]
+
+
+def exchange(tx: Transaction) -> AttemptRecord:
+    return AttemptRecord(
+        backend="MTN_MOMO",
+        operation="request_to_pay",
+        method="POST",
+        url="/collection/v1_0/requesttopay",
+        transaction_id=str(tx.id),
+        request_body={"amount": "5000"},
+        response_status=202,
+        response_body="",
+        error=None,
+        duration_ms=3,
+    )
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_steps_provider_exchanges_commit_with_the_state_change_they_led_to() -> None:
+    tx = await new_tx()
+    assert await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60, seen=tx)
+    async with repo.attempts_held():
+        await repo.record_attempt(exchange(tx))
+        assert await ProviderAttempt.all().count() == 0  # held for the state change
+        assert await repo.record_sent(tx.id, 1, Initiation.SENT, 0.2, PLAN)
+        assert await ProviderAttempt.filter(transaction_id=tx.id).count() == 1
+    assert await ProviderAttempt.all().count() == 1  # not stored again at the end
+
+
+@pytest.mark.usefixtures("database")
+async def test_exchanges_no_state_change_took_are_stored_when_the_step_ends_however() -> None:
+    tx = await new_tx()
+
+    async def step() -> None:
+        async with repo.attempts_held():
+            await repo.record_attempt(exchange(tx))
+            raise RuntimeError("the step failed after asking the provider")
+
+    with pytest.raises(RuntimeError):
+        await step()
+    assert await ProviderAttempt.filter(transaction_id=tx.id).count() == 1
+    await repo.record_attempt(exchange(tx))  # outside a step: stored at once
+    assert await ProviderAttempt.filter(transaction_id=tx.id).count() == 2
+
+
+@pytest.mark.usefixtures("database")
+async def test_the_janitor_leaves_a_row_being_sent_and_takes_it_once_the_claim_expired() -> None:
+    tx = await new_tx()
+    assert await repo.overdue(0, 10) == [tx.id]  # taken in, never sent: due
+    assert await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60, seen=tx)
+    assert await repo.overdue(0, 10) == []  # its send schedules the next check
+    assert await repo.reschedule_overdue(tx.id, grace=0, max_age=3600, plan=PLAN) == "skipped"
+    # The sender died: its claim expires.
+    await Transaction.filter(id=tx.id).update(
+        send_lease_until=datetime.now(UTC) - timedelta(seconds=1)
+    )
+    assert await repo.overdue(0, 10) == [tx.id]
+    assert await repo.reschedule_overdue(tx.id, grace=0, max_age=3600, plan=PLAN) == "rescheduled"
 
 
 @pytest.mark.usefixtures("database")
