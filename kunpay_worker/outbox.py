@@ -171,17 +171,25 @@ class OutboxRelay:
     async def _publish(self, row: OutboxMessage) -> bool:
         try:
             if row.kind is OutboxKind.EVENT:
-                await self._publisher.publish(
-                    topology.EVENTS_EXCHANGE, row.routing_key, _message(row)
-                )
+                publishes = [
+                    self._publisher.publish(
+                        topology.EVENTS_EXCHANGE, row.routing_key, _message(row)
+                    )
+                ]
                 if row.app:
                     # Nobody waiting is normal: outcomes are not mandatory.
-                    await self._publisher.publish(
-                        topology.OUTCOMES_EXCHANGE,
-                        _outcome_key(row),
-                        _message(row),
-                        mandatory=False,
+                    publishes.append(
+                        self._publisher.publish(
+                            topology.OUTCOMES_EXCHANGE,
+                            _outcome_key(row),
+                            _message(row),
+                            mandatory=False,
+                        )
                     )
+                # Side by side: one wait for the broker's confirms, not two (RabbitMQ confirms
+                # a persistent message once it is on disk, up to a few hundred ms under load).
+                # If either fails, both go again later (subscribers dedupe on event_id).
+                await asyncio.gather(*publishes)
             else:
                 await self._publisher.publish(row.exchange, row.routing_key, _message(row))
         except PUBLISH_ERRORS as exc:

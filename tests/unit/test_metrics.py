@@ -13,10 +13,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import aio_pika
 import aiohttp
 import pytest
 from aioresponses import CallbackResult, aioresponses
 
+from kunpay_sdk import topology
 from kunpay_sdk.contracts import Event, EventType, Status, TransactionSnapshot, TransactionType
 from kunpay_worker.messaging import Reject, Retry, command_type
 from kunpay_worker.metrics import REGISTRY, Metrics
@@ -371,6 +373,42 @@ async def test_events_that_announce_no_transition_and_failed_publishes_are_not_c
     )._publish(unpublished)
     after = [value("kunpay_transitions_total", type="disbursement", status=s) for s in statuses]
     assert after == before
+
+
+class ConfirmsTogether(RecordingPublisher):
+    """Confirms only once both of an event's publishes are out, or refuses the outcomes one."""
+
+    def __init__(self, refuse: str | None = None) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.both = asyncio.Event()
+
+    async def publish(
+        self, exchange: str, routing_key: str, message: aio_pika.Message, *, mandatory: bool = True
+    ) -> None:
+        self.sent.append((exchange, routing_key, message))
+        if exchange == self.refuse:
+            raise ConnectionError("channel closed")
+        if len(self.sent) == 2:
+            self.both.set()
+        await asyncio.wait_for(self.both.wait(), 5)
+
+
+async def test_an_events_two_publishes_wait_for_their_confirms_side_by_side() -> None:
+    row = event_outbox_row(
+        event(TransactionType.COLLECTION, Status.COMPLETED, EventType.SUCCEEDED),
+        "shop",
+        datetime.now(UTC),
+    )
+    publisher = ConfirmsTogether()
+    outbox = OutboxRelay(publisher, batch=10, sweep_interval=1, lease=30)
+    assert await asyncio.wait_for(outbox._publish(row), 5)  # one after the other would hang
+    assert [exchange for exchange, _, _ in publisher.sent] == [
+        topology.EVENTS_EXCHANGE,
+        topology.OUTCOMES_EXCHANGE,
+    ]
+    refused = ConfirmsTogether(refuse=topology.OUTCOMES_EXCHANGE)
+    assert not await OutboxRelay(refused, batch=10, sweep_interval=1, lease=30)._publish(row)
 
 
 # -- the page -----------------------------------------------------------------------------------
