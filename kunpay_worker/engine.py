@@ -87,14 +87,32 @@ class Engine:
 
     # -- entry points ------------------------------------------------------------------------
 
+    def intake_claim(self, backend: str | None) -> float | None:
+        """The send lease to claim in the intake's own DB transaction for a new row on
+        ``backend``, or None to claim it when sending (one commit more per payment).
+
+        A delivery that stops between the intake and the send then leaves the row SENDING,
+        where it used to leave it NEW, and its check asks the provider once the lease has run
+        out, before sending anything. That is safe only where an unsent request can be told
+        from a sent one: the provider de-duplicates by reference (not found: send), or gives
+        its key before the send (no key: nothing left). Elsewhere (Flutterwave) an unknown
+        send is never repeated, so the claim waits for the send."""
+        found = self.backends.get(backend) if backend is not None else None
+        if found is None or not (found.dedupes_by_reference or found.needs_prepare):
+            return None
+        return self.settings.send_lease
+
     @_step
-    async def after_intake(self, tx: Transaction) -> Transaction | None:
+    async def after_intake(self, tx: Transaction, *, claimed: bool = False) -> Transaction | None:
         """Command path: send if nobody has; otherwise make sure a check is coming.
+        ``claimed``: the intake created the row with the send claimed (intake_claim).
 
         Returns the row as this delivery last wrote or read it (for the canonical log line),
         or None when it does not know (the caller reads it again)."""
         if tx.status is not Status.PENDING:
             return tx
+        if claimed:
+            return await self._send(tx, claimed=tx)
         if tx.initiation is Initiation.NEW and not _waiting(tx):
             return await self._send(tx)
         # A redelivery or a duplicate: whoever sent it is done or holds the claim.
@@ -228,19 +246,32 @@ class Engine:
             original_amount=original.amount if original else None,
         )
 
-    async def _send(self, tx: Transaction) -> Transaction | None:
-        """Claim and send. ``tx`` is the state the decision to send was taken on. Returns the
-        row as the send's answer was recorded, or None (claim lost, or no row at hand)."""
-        expected = tx.initiation
-        claimed = await repo.claim_send(
-            tx.id, expected, tx.send_attempts, self.settings.send_lease, seen=tx
-        )
-        if claimed is None:
-            # Another delivery holds (or finished) the send: just make sure a check follows.
-            await self._ensure_check(tx)
-            return None
+    async def _send(
+        self, tx: Transaction, *, claimed: Transaction | None = None
+    ) -> Transaction | None:
+        """Claim and send. ``tx`` is the state the decision to send was taken on; ``claimed``,
+        a row the intake created with its first send claimed. Returns the row as the send's
+        answer was recorded, or None (claim lost, or no row at hand)."""
+        if claimed is not None:
+            expected = Initiation.NEW
+        else:
+            expected = tx.initiation
+            claimed = await repo.claim_send(
+                tx.id, expected, tx.send_attempts, self.settings.send_lease, seen=tx
+            )
+            if claimed is None:
+                # Another delivery holds (or finished) the send: just make sure a check follows.
+                await self._ensure_check(tx)
+                return None
         fence = claimed.send_attempts
         resend = expected is not Initiation.NEW
+        # Never outlive the claim: past the lease, another delivery may take over. The lease
+        # started before the claim's commit (at the intake, for a claim made there).
+        budget = _seconds_until(claimed.send_lease_until) - 0.1 * self.settings.send_lease
+        if budget <= 0:
+            log.warning("send claim ran out before sending", transaction_id=str(tx.id))
+            await self._schedule(claimed, _seconds_until(claimed.send_lease_until) + 0.05)
+            return None
         backend = self._backend(claimed)
         if resend and backend.needs_prepare and claimed.provider_handle is not None:
             # A key appeared since we decided (a late holder of an expired claim got it): the
@@ -260,8 +291,7 @@ class Engine:
         request = await self._request(claimed)
         next_check = self._next_delay(claimed)
         try:
-            # Never outlive the claim: past the lease, another delivery may take over.
-            async with asyncio.timeout(self.settings.send_lease * 0.9):
+            async with asyncio.timeout(budget):
                 if not resend and claimed.type is TransactionType.DISBURSEMENT:
                     reason = await backend.preflight(request)
                     if reason is not None:

@@ -36,7 +36,7 @@ async def proceed(intake: Intake, engine: Engine) -> None:
     tx = intake.transaction
     if tx is not None:
         # The row as the engine left it; read again only when the engine cannot say.
-        tx = await engine.after_intake(tx) or await repo.load(tx.id)
+        tx = await engine.after_intake(tx, claimed=intake.claimed) or await repo.load(tx.id)
     log.info(
         "command handled",
         intake=str(intake.outcome) if intake.outcome else "REDELIVERY",

@@ -117,6 +117,11 @@ async def handle(
             },
         )
     intake = await take_in_payment(
-        command, app=app, new=new, fingerprint=fingerprint, plan=engine.plan
+        command,
+        app=app,
+        new=new,
+        fingerprint=fingerprint,
+        plan=engine.plan,
+        claim=engine.intake_claim,
     )
     await proceed(intake, engine)

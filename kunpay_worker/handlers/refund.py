@@ -25,5 +25,7 @@ async def handle(command: RefundCommand, app: str, engine: Engine, settings: Set
             and Capability.PARTIAL_REFUND in BACKENDS[backend].available(settings)
         ),
     )
-    intake = await take_in_refund(command, app=app, support=support, plan=engine.plan)
+    intake = await take_in_refund(
+        command, app=app, support=support, plan=engine.plan, claim=engine.intake_claim
+    )
     await proceed(intake, engine)

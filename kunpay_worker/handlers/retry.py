@@ -36,5 +36,6 @@ async def handle(command: RetryCommand, app: str, engine: Engine, settings: Sett
         ),
         send_wait=send_wait,
         plan=engine.plan,
+        claim=engine.intake_claim,
     )
     await proceed(intake, engine)

@@ -48,6 +48,7 @@ from kunpay_worker.storage.repository import (
 )
 
 __all__ = [
+    "ClaimAtIntake",
     "Intake",
     "NewTransaction",
     "RefundSupport",
@@ -64,6 +65,9 @@ AnyCommand = CollectCommand | DisburseCommand | RefundCommand | RetryCommand
 class Intake:
     outcome: InboxOutcome | None  # None: this command id was seen before (a redelivery)
     transaction: Transaction | None
+    # The intake created the row with the send already claimed (see ClaimAtIntake): this
+    # delivery sends next, under that claim.
+    claimed: bool = False
 
 
 @dataclass
@@ -92,9 +96,18 @@ class NewTransaction:
 
 Build = Callable[[datetime], Awaitable[NewTransaction]]
 
+# Given a new row's backend: the send lease (seconds) to claim in the intake's own DB
+# transaction, or None to claim when sending (Engine.intake_claim decides).
+ClaimAtIntake = Callable[[str | None], float | None]
+
 
 async def _take_in(
-    command: AnyCommand, app: str, fingerprint: str, build: Build, plan: PollPlan
+    command: AnyCommand,
+    app: str,
+    fingerprint: str,
+    build: Build,
+    plan: PollPlan,
+    claim: ClaimAtIntake | None,
 ) -> Intake:
     # Most commands are new: the first try inserts without looking, and the transaction's
     # key (the id, derived from the idempotency key) refuses a redelivery or a duplicate.
@@ -102,7 +115,7 @@ async def _take_in(
     for attempt in range(4):
         try:
             return await _take_in_once(
-                command, app, fingerprint, build, plan, look_first=attempt > 0
+                command, app, fingerprint, build, plan, claim, look_first=attempt > 0
             )
         except IntegrityError:
             # This command or transaction exists (a concurrent delivery may just have
@@ -118,6 +131,7 @@ async def _take_in_once(
     fingerprint: str,
     build: Build,
     plan: PollPlan,
+    claim: ClaimAtIntake | None,
     *,
     look_first: bool,
 ) -> Intake:
@@ -149,6 +163,10 @@ async def _take_in_once(
         # and makes sure a check follows (Engine._ensure_check), and the janitor's sweep would
         # find the row overdue. A row that waits gets its first check here.
         sends_now = not rejected and new.send_after is None
+        # Where it is safe (Engine.intake_claim), the row is born with the send claimed, and
+        # this commit is the claim's: a delivery that goes no further leaves it SENDING, and
+        # its check asks the provider once the lease has run out, as after a crash mid-send.
+        lease = claim(new.backend) if claim is not None and sends_now else None
         tx = Transaction(
             id=command.transaction_id,
             app=app,
@@ -168,7 +186,15 @@ async def _take_in_once(
             status=Status.REJECTED if rejected else Status.PENDING,
             failure_reason=new.rejection,
             provider_reference=None if rejected else str(uuid.uuid4()),
-            initiation=Initiation.NOT_SENT if rejected else Initiation.NEW,
+            initiation=(
+                Initiation.NOT_SENT
+                if rejected
+                else Initiation.NEW
+                if lease is None
+                else Initiation.SENDING
+            ),
+            send_attempts=0 if lease is None else 1,
+            send_lease_until=None if lease is None else now + timedelta(seconds=lease),
             original_id=new.original_id,
             attempt_root=new.attempt_root,
             payment_type_id=new.payment_type_id,
@@ -192,7 +218,7 @@ async def _take_in_once(
         if new.send_after is not None and not rejected:
             first = max(plan.delays[0], (new.send_after - now).total_seconds())
             await schedule_first_check(tx, first, plan, now)
-        return Intake(InboxOutcome.ACCEPTED, tx)
+        return Intake(InboxOutcome.ACCEPTED, tx, claimed=lease is not None)
 
 
 async def _inbox(
@@ -277,13 +303,14 @@ async def take_in_payment(
     new: NewTransaction,
     fingerprint: str,
     plan: PollPlan,
+    claim: ClaimAtIntake | None = None,
 ) -> Intake:
     """A collection or payout, worked out by the handler (validation, capability, fees)."""
 
     async def build(_now: datetime) -> NewTransaction:
         return new
 
-    return await _take_in(command, app, fingerprint, build, plan)
+    return await _take_in(command, app, fingerprint, build, plan, claim)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +324,12 @@ class RefundSupport:
 
 
 async def take_in_refund(
-    command: RefundCommand, *, app: str, support: RefundSupport, plan: PollPlan
+    command: RefundCommand,
+    *,
+    app: str,
+    support: RefundSupport,
+    plan: PollPlan,
+    claim: ClaimAtIntake | None = None,
 ) -> Intake:
     fingerprint = command_fingerprint(
         command.operation,
@@ -363,7 +395,7 @@ async def take_in_refund(
         new.after_create.append(link)
         return new
 
-    return await _take_in(command, app, fingerprint, build, plan)
+    return await _take_in(command, app, fingerprint, build, plan, claim)
 
 
 async def take_in_retry(
@@ -373,6 +405,7 @@ async def take_in_retry(
     rejection: Callable[[Transaction], str | None],
     send_wait: Callable[[Transaction], float],
     plan: PollPlan,
+    claim: ClaimAtIntake | None = None,
 ) -> Intake:
     """``rejection``: what this worker cannot do for the original's backend. ``send_wait``:
     seconds to wait after the original's failure before sending (Orange)."""
@@ -448,7 +481,7 @@ async def take_in_retry(
                 new.send_after = now + timedelta(seconds=wait)
         return new
 
-    return await _take_in(command, app, fingerprint, build, plan)
+    return await _take_in(command, app, fingerprint, build, plan, claim)
 
 
 def dump(command: AnyCommand) -> str:

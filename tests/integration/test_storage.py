@@ -78,7 +78,7 @@ def command(key: str | None = None, amount: str = "5000") -> CollectCommand:
     )
 
 
-async def take_in(cmd: CollectCommand) -> Intake:
+async def take_in(cmd: CollectCommand, *, claim: float | None = None) -> Intake:
     fields = validate_payment(
         provider=cmd.provider,
         amount=cmd.amount,
@@ -98,7 +98,14 @@ async def take_in(cmd: CollectCommand) -> Intake:
         user_id=fields.user_id,
     )
     fingerprint = command_fingerprint(cmd.operation, fields.model_dump())
-    return await take_in_payment(cmd, app="shop", new=new, fingerprint=fingerprint, plan=PLAN)
+    return await take_in_payment(
+        cmd,
+        app="shop",
+        new=new,
+        fingerprint=fingerprint,
+        plan=PLAN,
+        claim=None if claim is None else lambda _backend: claim,
+    )
 
 
 async def new_tx() -> Transaction:
@@ -126,6 +133,83 @@ async def test_intake_writes_the_transaction_its_status_and_its_event() -> None:
     # Due now with nothing in flight: a redelivery or the janitor sees it as overdue.
     assert row.next_poll_at is not None
     assert before <= row.next_poll_at <= datetime.now(UTC)
+
+
+@pytest.mark.usefixtures("database")
+async def test_an_intake_can_claim_the_first_send_in_its_own_commit() -> None:
+    """Engine.intake_claim: the row is born SENDING under a lease, as claim_send would leave
+    it, with nothing else different; a redelivery finds it so and claims nothing."""
+    before = datetime.now(UTC)
+    cmd = command()
+    intake = await take_in(cmd, claim=60)
+    assert intake.claimed
+    row = await Transaction.get(id=cmd.transaction_id)
+    assert (row.status, row.initiation, row.send_attempts) == (Status.PENDING, "SENDING", 1)
+    assert row.send_lease_until is not None
+    assert before + timedelta(seconds=60) <= row.send_lease_until
+    assert row.send_lease_until <= datetime.now(UTC) + timedelta(seconds=60)
+    assert (row.event_seq, row.poll_seq) == (1, 0)
+    assert [m.message_type for m in await OutboxMessage.filter(transaction_id=row.id)] == [
+        "payment.initiated"
+    ]
+    # The claim is the send's: another delivery cannot take it while the lease holds.
+    assert await repo.claim_send(row.id, Initiation.NEW, 0, lease=60) is None
+    assert await repo.claim_send(row.id, Initiation.SENDING, 1, lease=60) is None
+    # Its answer is recorded on the row the intake made, as after claim_send.
+    assert intake.transaction is not None
+    recorded = await repo.record_sent(
+        row.id, 1, Initiation.SENT, 0.2, PLAN, claimed=intake.transaction
+    )
+    assert recorded is not None
+    assert (recorded.initiation, recorded.poll_seq) == (Initiation.SENT, 1)
+
+    again = await take_in(cmd, claim=60)
+    assert (again.outcome, again.claimed) == (None, False)
+
+
+@pytest.mark.usefixtures("database")
+async def test_an_intake_claims_nothing_for_a_rejected_or_waiting_payment() -> None:
+    cmd = command(amount="-5")
+    fields = {
+        "type": TransactionType.COLLECTION,
+        "provider": "MTN_CAMEROON",
+        "backend": "MTN_MOMO",
+        "amount": Decimal("5000"),
+        "currency": "XAF",
+        "phone_number": "+237670000000",
+        "order_id": "o-1",
+        "user_id": "u-1",
+    }
+    claims: list[str | None] = []
+
+    def claim(backend: str | None) -> float:
+        claims.append(backend)
+        return 60.0
+
+    rejected = await take_in_payment(
+        cmd,
+        app="shop",
+        new=NewTransaction(**fields, rejection="INVALID: no"),  # type: ignore[arg-type]
+        fingerprint="f-1",
+        plan=PLAN,
+        claim=claim,
+    )
+    later = command()
+    waiting = await take_in_payment(
+        later,
+        app="shop",
+        new=NewTransaction(  # type: ignore[arg-type]
+            **fields, send_after=datetime.now(UTC) + timedelta(minutes=5)
+        ),
+        fingerprint="f-2",
+        plan=PLAN,
+        claim=claim,
+    )
+    assert (rejected.claimed, waiting.claimed, claims) == (False, False, [])
+    rows = {r.id: r for r in await Transaction.all()}
+    assert rows[cmd.transaction_id].initiation is Initiation.NOT_SENT
+    assert rows[later.transaction_id].initiation is Initiation.NEW
+    assert rows[later.transaction_id].send_attempts == 0
 
 
 @pytest.mark.usefixtures("database")
