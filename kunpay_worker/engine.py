@@ -467,6 +467,7 @@ class Engine:
             found_reference=lookup is not None and lookup.found,
             give_up=give_up,
             reconcile=reconcile,
+            seen=tx,
         )
         if event is not None:
             log.debug(

@@ -166,6 +166,7 @@ async def set_status(
     manual_refund_id: str | None = None,
     log_reason: str | None = None,
     created: bool = False,
+    guard: dict[str, Any] | None = None,
     **changes: Any,
 ) -> Event | None:
     """Inside a DB transaction, with ``tx`` locked: compare-and-set ``tx.status`` to ``new``,
@@ -174,7 +175,8 @@ async def set_status(
     announced as ``payment.duplicate_detected``. ``log_reason``: what the status row says when
     it is not ``reason`` (an operator's note on a completion). Returns the event (None for a
     same-status reason update). ``created``: ``tx`` is a row the intake has just inserted,
-    with its status and the first event's sequence."""
+    with its status and the first event's sequence. ``guard``: more columns the
+    compare-and-set checks (the caller decided on a row it did not lock)."""
     current = None if created else tx.status
     plan = plan_transition(tx.type, current, new)
     if plan.current == plan.new and reason == tx.failure_reason:
@@ -184,7 +186,9 @@ async def set_status(
         if plan.event is not None:
             # The event's sequence goes with the status, in the compare-and-set itself.
             values["event_seq"] = tx.event_seq + 1
-        updated = await Transaction.filter(id=tx.id, status=current).update(**values)
+        updated = await Transaction.filter(id=tx.id, status=current, **(guard or {})).update(
+            **values
+        )
         if updated != 1:
             raise LostRace(f"{tx.id} is no longer {current}")
         for name, value in values.items():
@@ -622,6 +626,7 @@ async def record_check(
     found_reference: bool,
     give_up: str | None = None,
     reconcile: bool = False,
+    seen: Transaction | None = None,
 ) -> Event | None:
     """Record one check of a PENDING transaction and schedule the next.
 
@@ -629,7 +634,21 @@ async def record_check(
     compare-and-set is what guards it. Otherwise ``poll_seq`` must still be the row's, so a stale
     chain neither counts nor schedules. ``found_reference`` moves a SENDING (expired lease) or
     UNKNOWN initiation to SENT. ``give_up``: when the schedule is spent, FAIL with this reason
-    (only ever for a request the provider says it never registered)."""
+    (only ever for a request the provider says it never registered).
+
+    ``seen``: the row the check was decided on. A final answer for a sent payment or payout is
+    then written on it without reading it again, as long as the row still holds every value
+    the write is computed from (the compare-and-set checks them); otherwise, as without it."""
+    if (
+        seen is not None
+        and observation is not None
+        and _settles_as_seen(seen, tx_id, poll_seq, observation)
+    ):
+        try:
+            async with _recording():
+                return await _settle(seen, observation, plan, guard=_as_seen(seen))
+        except LostRace:
+            pass  # the row moved since: read it again, under its lock
     async with _recording():
         tx = await lock(tx_id)
         if tx is None or tx.status is not Status.PENDING:
@@ -638,18 +657,9 @@ async def record_check(
         if not final and tx.poll_seq != poll_seq:
             return None
         now = utcnow()
-        changes: dict[str, Any] = {"poll_count": tx.poll_count + 1}
-        if found_reference and tx.initiation in (Initiation.SENDING, Initiation.UNKNOWN):
-            changes.update(initiation=Initiation.SENT, send_lease_until=None)
-        if observation and observation.provider_transaction_id:
-            changes["provider_transaction_id"] = observation.provider_transaction_id
-        if observation and observation.handle and tx.provider_handle is None:
-            changes["provider_handle"] = observation.handle
         if observation is not None and final:
-            changes["next_poll_at"] = None
-            event = await set_status(tx, observation.status, observation.reason, now, **changes)
-            await _schedule_late_check(tx, plan, now)
-            return event
+            return await _settle(tx, observation, plan, found_reference=found_reference)
+        changes = _check_changes(tx, observation, found_reference)
         delay = next_poll_delay(tx.poll_count + 1, plan.delays)
         if delay is None and give_up is not None:
             changes.update(next_poll_at=None, send_lease_until=None)
@@ -665,6 +675,67 @@ async def record_check(
         # One UPDATE for this check and the next one.
         await _schedule_poll(tx, delay, plan, now, also=changes)
         return None
+
+
+def _check_changes(
+    tx: Transaction, observation: Observation | None, found_reference: bool
+) -> dict[str, Any]:
+    """The columns one check of ``tx`` changes besides its status and its poll chain."""
+    changes: dict[str, Any] = {"poll_count": tx.poll_count + 1}
+    if found_reference and tx.initiation in (Initiation.SENDING, Initiation.UNKNOWN):
+        changes.update(initiation=Initiation.SENT, send_lease_until=None)
+    if observation and observation.provider_transaction_id:
+        changes["provider_transaction_id"] = observation.provider_transaction_id
+    if observation and observation.handle and tx.provider_handle is None:
+        changes["provider_handle"] = observation.handle
+    return changes
+
+
+async def _settle(
+    tx: Transaction,
+    observation: Observation,
+    plan: PollPlan,
+    *,
+    found_reference: bool = True,
+    guard: dict[str, Any] | None = None,
+) -> Event | None:
+    """Apply a check's final answer to ``tx``; a LostRace when ``guard`` no longer holds."""
+    now = utcnow()
+    changes = _check_changes(tx, observation, found_reference)
+    changes["next_poll_at"] = None
+    event = await set_status(
+        tx, observation.status, observation.reason, now, guard=guard, **changes
+    )
+    await _schedule_late_check(tx, plan, now)
+    return event
+
+
+def _settles_as_seen(
+    seen: Transaction, tx_id: uuid.UUID, poll_seq: int, observation: Observation
+) -> bool:
+    """A final answer to the check of a sent payment or payout, ``seen`` as the check found it
+    (a refund's settlement reads more rows: it always takes the lock path)."""
+    return (
+        seen.id == tx_id
+        and seen.poll_seq == poll_seq
+        and seen.status is Status.PENDING
+        and seen.initiation is Initiation.SENT
+        and seen.type is not TransactionType.REFUND
+        and observation.status is not Status.PENDING
+    )
+
+
+def _as_seen(seen: Transaction) -> dict[str, Any]:
+    """Everything _settle reads from a row, as ``seen`` has it (status is set_status's own)."""
+    return {
+        "poll_seq": seen.poll_seq,
+        "poll_count": seen.poll_count,
+        "event_seq": seen.event_seq,
+        "initiation": seen.initiation,
+        "provider_handle": seen.provider_handle,
+        "needs_reconciliation": seen.needs_reconciliation,
+        "late_checks": seen.late_checks,
+    }
 
 
 async def _schedule_late_check(tx: Transaction, plan: PollPlan, now: datetime) -> None:

@@ -4,6 +4,7 @@ concurrent deliveries of one transaction produce one claim, one transition, one 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -434,6 +435,79 @@ async def test_concurrent_final_observations_make_one_transition_and_one_event()
     assert [r.sequence for r in rows] == [1, 2]
     succeeded = await OutboxMessage.filter(transaction_id=tx.id, message_type="payment.succeeded")
     assert len(succeeded) == 1
+
+
+async def sent_tx() -> Transaction:
+    tx = await new_tx()
+    await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60)
+    await repo.record_sent(tx.id, 1, Initiation.SENT, 0.2, PLAN)
+    return await Transaction.get(id=tx.id)
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_final_answer_is_written_on_the_row_the_check_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """record_check(seen=...): no second read, and the same rows as the locked path."""
+    seen = await sent_tx()
+    done = repo.Observation(Status.COMPLETED, None, "mtn-9")
+    with caplog.at_level(logging.DEBUG, logger="tortoise.db_client"):
+        event = await repo.record_check(
+            seen.id, seen.poll_seq, done, plan=PLAN, found_reference=True, seen=seen
+        )
+    statements = [r.getMessage().split()[0].upper() for r in caplog.records]
+    assert "UPDATE" in statements
+    assert "SELECT" not in statements
+    assert event is not None
+    assert (event.sequence, event.transaction.status) == (2, Status.COMPLETED)  # type: ignore[union-attr]
+    row = await Transaction.get(id=seen.id)
+    assert (row.status, row.provider_transaction_id, row.poll_count, row.event_seq) == (
+        Status.COMPLETED,
+        "mtn-9",
+        1,
+        2,
+    )
+    assert row.next_poll_at is None
+    statuses = await TransactionStatus.filter(transaction_id=seen.id).order_by("id")
+    assert [(r.status, r.sequence) for r in statuses] == [
+        (Status.PENDING, 1),
+        (Status.COMPLETED, 2),
+    ]
+
+
+@pytest.mark.usefixtures("database")
+@pytest.mark.parametrize("moved", ["rescheduled", "settled", "handle"])
+async def test_a_final_answer_on_a_row_that_moved_since_the_check_read_it(moved: str) -> None:
+    """The row changed between the check's read and its record: the compare-and-set refuses the
+    stale copy, and the answer is applied (or not) as on a freshly locked row."""
+    seen = await sent_tx()
+    if moved == "rescheduled":  # a duplicate's check, the janitor: the chain moved on
+        assert await repo.schedule_poll(seen.id, 5, PLAN)
+    elif moved == "settled":  # a callback's verify() got there first
+        failed = repo.Observation(Status.FAILED, "PAYER_NOT_FOUND", None)
+        assert await repo.apply_observation(seen.id, failed, found_reference=True, plan=PLAN)
+    else:  # a write the poll chain does not see: still refused
+        await Transaction.filter(id=seen.id).update(provider_handle="h-1")
+    done = repo.Observation(Status.COMPLETED, None, "mtn-9", handle="h-2")
+    event = await repo.record_check(
+        seen.id, seen.poll_seq, done, plan=PLAN, found_reference=True, seen=seen
+    )
+    row = await Transaction.get(id=seen.id)
+    statuses = await TransactionStatus.filter(transaction_id=seen.id).order_by("id")
+    if moved == "settled":
+        assert event is None
+        assert row.status is Status.FAILED
+        assert [r.status for r in statuses] == [Status.PENDING, Status.FAILED]
+        return
+    assert event is not None
+    assert row.status is Status.COMPLETED
+    assert [(r.status, r.sequence) for r in statuses] == [
+        (Status.PENDING, 1),
+        (Status.COMPLETED, 2),
+    ]
+    # Written from the row as it is, not as the check saw it: a key already there is kept.
+    assert row.provider_handle == ("h-1" if moved == "handle" else "h-2")
+    assert row.poll_count == seen.poll_count + 1
 
 
 @pytest.mark.usefixtures("database")
