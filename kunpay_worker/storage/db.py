@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from tortoise import Model, Tortoise, connections
@@ -12,10 +13,19 @@ from tortoise.connection import get_connections
 from tortoise.exceptions import DBConnectionError
 from tortoise.migrations.api import migrate as tortoise_migrate
 from tortoise.migrations.executor import MigrationExecutor
+from tortoise.queryset import QuerySet
 
 from kunpay_worker.settings import Settings
 
-__all__ = ["add", "close", "init", "migrate", "pending_migrations", "unavailable"]
+__all__ = [
+    "add",
+    "close",
+    "init",
+    "migrate",
+    "pending_migrations",
+    "unavailable",
+    "update_one",
+]
 
 # The database could not be reached or dropped the connection (restarting, failing over).
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -60,6 +70,27 @@ async def add(row: Model) -> None:
         await row.save(using_db=client, force_create=True)
     finally:
         defer(False)
+
+
+async def update_one(query: QuerySet[Any], stale: BaseException, **values: Any) -> None:
+    """UPDATE the one row ``query`` selects, in the current DB transaction, or raise ``stale``
+    when it selects none (a compare-and-set that lost).
+
+    On SQLite the UPDATE goes with the transaction's next statement or its COMMIT, in one trip
+    (kunpay_worker/storage/sqlite.py), and ``stale`` is raised there: the caller goes on as if
+    the row was written, and the whole transaction rolls back if it was not. Elsewhere, and
+    outside a DB transaction, it runs now."""
+    client = connections.get("default")
+    defer = getattr(client, "defer_next_update", None)
+    if defer is None:
+        if await query.update(**values) != 1:
+            raise stale
+        return
+    defer(stale)
+    try:
+        await query.using_db(client).update(**values)
+    finally:
+        defer(None)
 
 
 async def init(settings: Settings) -> None:

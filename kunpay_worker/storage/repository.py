@@ -8,6 +8,7 @@ expected state in the ``WHERE`` clause and the row count checked.
 
 from __future__ import annotations
 
+import copy
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -186,10 +187,14 @@ async def set_status(
         if plan.event is not None:
             # The event's sequence goes with the status, in the compare-and-set itself.
             values["event_seq"] = tx.event_seq + 1
-        updated = await Transaction.filter(id=tx.id, status=current, **(guard or {})).update(
-            **values
-        )
-        if updated != 1:
+        if guard is not None:
+            # Decided on a row nobody locked: on SQLite the write waits for the commit's trip.
+            await db.update_one(
+                Transaction.filter(id=tx.id, status=current, **guard),
+                LostRace(f"{tx.id} moved since it was read"),
+                **values,
+            )
+        elif await Transaction.filter(id=tx.id, status=current).update(**values) != 1:
             raise LostRace(f"{tx.id} is no longer {current}")
         for name, value in values.items():
             setattr(tx, name, value)
@@ -412,18 +417,23 @@ async def _schedule_poll(
     *,
     also: dict[str, Any] | None = None,
     where: dict[str, Any] | None = None,
+    stale: BaseException | None = None,
 ) -> bool:
     """Inside a DB transaction: start a new poll chain link; older poll messages become stale.
 
     ``delay=None``: the schedule is spent; the janitor finds the row by ``next_poll_at``.
     ``also``: other column changes of the caller, written by the same UPDATE (and set on
     ``tx``); ``where``: extra conditions of that UPDATE (the caller's fence). False, with
-    nothing written and ``tx`` as it was, when they no longer hold.
+    nothing written and ``tx`` as it was, when they no longer hold; or, given ``stale``, that
+    is raised instead, possibly only at the commit (db.update_one), with ``tx`` changed.
     """
     wait = plan.janitor_interval if delay is None else delay
     values: dict[str, Any] = {"updated_at": now, **(also or {})}
     values.update(poll_seq=tx.poll_seq + 1, next_poll_at=now + timedelta(seconds=wait))
-    if await Transaction.filter(id=tx.id, **(where or {})).update(**values) != 1:
+    query = Transaction.filter(id=tx.id, **(where or {}))
+    if stale is not None:
+        await db.update_one(query, stale, **values)
+    elif await query.update(**values) != 1:
         return False
     for name, value in values.items():
         setattr(tx, name, value)
@@ -517,26 +527,39 @@ async def record_sent(
     holds it since its claim; while the row still has the claim and that ``poll_seq``, it is
     written without being read again (the UPDATE checks both). The row as written; None when
     the claim was lost (our lease expired and another delivery took over)."""
-    async with _recording():
-        now = utcnow()
-        changes: dict[str, Any] = {
-            "initiation": initiation,
-            "send_lease_until": None,
-            "send_attempts": fence - 1 if uncount else fence,
-            "updated_at": now,
+    now = utcnow()
+    changes: dict[str, Any] = {
+        "initiation": initiation,
+        "send_lease_until": None,
+        "send_attempts": fence - 1 if uncount else fence,
+        "updated_at": now,
+    }
+    if handle is not None:
+        changes["provider_handle"] = handle
+    # One UPDATE for the answer and the next check, fenced by the claim's attempt.
+    if claimed is not None and claimed.id == tx_id and _claimed(claimed, fence):
+        unchanged = {
+            "status": Status.PENDING,
+            "initiation": Initiation.SENDING,
+            "send_attempts": fence,
+            "poll_seq": claimed.poll_seq,
         }
-        if handle is not None:
-            changes["provider_handle"] = handle
-        # One UPDATE for the answer and the next check, fenced by the claim's attempt.
-        if claimed is not None and claimed.id == tx_id and _claimed(claimed, fence):
-            unchanged = {
-                "status": Status.PENDING,
-                "initiation": Initiation.SENDING,
-                "send_attempts": fence,
-                "poll_seq": claimed.poll_seq,
-            }
-            if await _schedule_poll(claimed, delay, plan, now, also=changes, where=unchanged):
-                return claimed
+        row = copy.copy(claimed)  # the caller's copy stays as it was if this loses
+        try:
+            async with _recording():
+                await _schedule_poll(
+                    row,
+                    delay,
+                    plan,
+                    now,
+                    also=changes,
+                    where=unchanged,
+                    stale=LostRace(f"{tx_id} moved since its claim"),
+                )
+            return row
+        except LostRace:
+            pass  # read it again, under its lock
+    async with _recording():
         tx = await _lock_claim(tx_id, fence)
         if tx is None:
             return None
@@ -644,9 +667,10 @@ async def record_check(
         and observation is not None
         and _settles_as_seen(seen, tx_id, poll_seq, observation)
     ):
+        row = copy.copy(seen)  # the caller's copy stays as it was if this loses
         try:
             async with _recording():
-                return await _settle(seen, observation, plan, guard=_as_seen(seen))
+                return await _settle(row, observation, plan, guard=_as_seen(seen))
         except LostRace:
             pass  # the row moved since: read it again, under its lock
     async with _recording():

@@ -9,9 +9,11 @@ worker that convoy, not SQLite, limits throughput (README, Performance). Two cha
   client spends two trips on it: a ``commit()`` that does nothing in autocommit mode, then
   ``BEGIN``), and a transaction that ran nothing costs none;
 * an INSERT made through :func:`kunpay_worker.storage.db.add` (one whose caller needs no
-  generated id) waits for the transaction's next statement or its ``COMMIT`` and goes in the
-  same trip, in order. An error it meets (a duplicate key) is raised there, and the
-  transaction is rolled back as for any error.
+  generated id), and an UPDATE of one row made through :func:`kunpay_worker.storage.db.
+  update_one` (a compare-and-set whose caller goes on as if it held), wait for the
+  transaction's next statement or its ``COMMIT`` and go in the same trip, in order. An error
+  one meets (a duplicate key; the UPDATE's exception when it changed no row) is raised there,
+  and the transaction is rolled back as for any error.
 
 The statements, their order, the connection lock and the error translation are Tortoise's.
 ``Settings.tortoise_config`` names this module as the engine of ``sqlite://`` URLs.
@@ -36,19 +38,22 @@ from tortoise.exceptions import IntegrityError, OperationalError, TransactionMan
 __all__ = ["KunpaySqliteClient", "client_class"]
 
 T = TypeVar("T")
-Write = tuple[str, list[Any]]
+# A statement put off: its SQL, its values, and for an UPDATE of one row, what to raise when it
+# changes none.
+Write = tuple[str, list[Any], BaseException | None]
 
 
 class _Owed:
     """What the DB transaction has not sent yet: its ``BEGIN`` and the INSERTs put off.
     Shared by the transaction and the savepoints nested in it."""
 
-    __slots__ = ("begin", "defer_next", "writes")
+    __slots__ = ("begin", "defer_next", "defer_update", "writes")
 
     def __init__(self) -> None:
         self.begin = False
         self.writes: list[Write] = []
         self.defer_next = False
+        self.defer_update: BaseException | None = None
 
     def take(self) -> tuple[bool, list[Write]]:
         begin, writes = self.begin, self.writes
@@ -62,8 +67,10 @@ class _Owed:
 def _catch_up(conn: sqlite3.Connection, begin: bool, writes: list[Write]) -> None:
     if begin:
         conn.execute("BEGIN")
-    for query, values in writes:
-        conn.execute(query, values)
+    for query, values, stale in writes:
+        changed = conn.execute(query, values).rowcount
+        if stale is not None and changed != 1:
+            raise stale
 
 
 def _then(
@@ -113,6 +120,11 @@ class _TransactionWrapper(SqliteTransactionWrapper):
     def defer_next_insert(self, defer: bool) -> None:
         """The next ``execute_insert`` waits for the next statement or the commit."""
         self._owed.defer_next = defer
+
+    def defer_next_update(self, stale: BaseException | None) -> None:
+        """The next ``execute_query`` (an UPDATE of one row) waits for the next statement or
+        the commit, where ``stale`` is raised if it changed no row."""
+        self._owed.defer_update = stale
 
     async def _call(
         self, connection: aiosqlite.Connection, call: Callable[..., T], *args: Any
@@ -186,7 +198,7 @@ class _TransactionWrapper(SqliteTransactionWrapper):
     async def execute_insert(self, query: str, values: list[Any]) -> int:
         if self._owed.defer_next:
             self._owed.defer_next = False
-            self._owed.writes.append((query, list(values)))
+            self._owed.writes.append((query, list(values), None))
             # No id yet: Tortoise leaves a generated primary key unset (kunpay's db.add).
             return None  # type: ignore[return-value]
         async with self.acquire_connection() as connection:
@@ -199,6 +211,11 @@ class _TransactionWrapper(SqliteTransactionWrapper):
         self, query: str, values: list[Any] | None = None
     ) -> tuple[int, Sequence[dict[str, Any]]]:
         query = query.replace("\x00", "'||CHAR(0)||'")
+        stale, self._owed.defer_update = self._owed.defer_update, None
+        if stale is not None:
+            self.log.debug("%s: %s (deferred)", query, values)
+            self._owed.writes.append((query, list(values or []), stale))
+            return 1, []  # as it must be: else ``stale`` is raised when it runs
         async with self.acquire_connection() as connection:
             self.log.debug("%s: %s", query, values)
             return await self._call(

@@ -235,3 +235,63 @@ async def test_an_insert_added_in_a_savepoint_that_rolls_back_is_never_written(
             await inner()
         await db.add(lease("after"))
     assert await holders() == {"outer": "x", "after": "x"}
+
+
+class Moved(Exception):
+    pass
+
+
+async def test_an_update_of_one_row_rides_with_the_commit(trips: Trips) -> None:
+    await Lease.create(name="a", holder="x", expires_at=WHEN)
+    trips.count = 0
+    async with in_transaction():
+        await db.update_one(Lease.filter(name="a", holder="x"), Moved("a moved"), holder="y")
+        await db.add(lease("b"))
+    assert trips.count == 1  # BEGIN, UPDATE, INSERT and COMMIT
+    assert await holders() == {"a": "y", "b": "x"}
+
+
+async def test_an_update_that_changes_no_row_rolls_everything_back_at_commit(
+    trips: Trips,
+) -> None:
+    await Lease.create(name="a", holder="x", expires_at=WHEN)
+
+    async def stale() -> None:
+        async with in_transaction():
+            await db.add(lease("b"))
+            await db.update_one(Lease.filter(name="a", holder="w"), Moved("a moved"), holder="y")
+            await db.add(lease("c"))
+
+    with pytest.raises(Moved, match="a moved"):
+        await stale()
+    assert await holders() == {"a": "x"}
+    async with in_transaction():  # no transaction left open
+        await db.add(lease("d"))
+    assert await holders() == {"a": "x", "d": "x"}
+
+
+async def test_an_update_that_changes_no_row_is_raised_at_the_next_statement(
+    trips: Trips,
+) -> None:
+    await Lease.create(name="a", holder="x", expires_at=WHEN)
+    reached = False
+
+    async def stale() -> None:
+        nonlocal reached
+        async with in_transaction():
+            await db.update_one(Lease.filter(name="gone"), Moved("gone"), holder="y")
+            await Lease.all().count()
+            reached = True
+
+    with pytest.raises(Moved):
+        await stale()
+    assert not reached
+    assert await holders() == {"a": "x"}
+
+
+async def test_an_update_of_one_row_outside_a_transaction_runs_now(trips: Trips) -> None:
+    await Lease.create(name="a", holder="x", expires_at=WHEN)
+    await db.update_one(Lease.filter(name="a"), Moved("a"), holder="y")
+    assert await holders() == {"a": "y"}
+    with pytest.raises(Moved):
+        await db.update_one(Lease.filter(name="gone"), Moved("gone"), holder="y")

@@ -305,12 +305,19 @@ async def test_the_janitor_leaves_a_row_being_sent_and_takes_it_once_the_claim_e
 
 
 @pytest.mark.usefixtures("database")
-async def test_a_send_is_recorded_on_the_claimed_row_while_nothing_moved() -> None:
+async def test_a_send_is_recorded_on_the_claimed_row_while_nothing_moved(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     tx = await new_tx()
     claimed = await repo.claim_send(tx.id, Initiation.NEW, 0, lease=60, seen=tx)
     assert claimed is not None
-    recorded = await repo.record_sent(tx.id, 1, Initiation.SENT, 0.2, PLAN, claimed=claimed)
-    assert recorded is claimed
+    with caplog.at_level(logging.DEBUG, logger="tortoise.db_client"):
+        recorded = await repo.record_sent(tx.id, 1, Initiation.SENT, 0.2, PLAN, claimed=claimed)
+    statements = [r.getMessage().split()[0].upper() for r in caplog.records]
+    assert "UPDATE" in statements
+    assert "SELECT" not in statements  # not read again
+    assert recorded is not None
+    assert claimed.initiation is Initiation.SENDING  # the caller's copy as it was
     row = await Transaction.get(id=tx.id)
     assert (row.initiation, row.poll_seq, row.send_lease_until) == (Initiation.SENT, 1, None)
     assert (recorded.initiation, recorded.poll_seq) == (Initiation.SENT, 1)
