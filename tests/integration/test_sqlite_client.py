@@ -295,3 +295,68 @@ async def test_an_update_of_one_row_outside_a_transaction_runs_now(trips: Trips)
     assert await holders() == {"a": "y"}
     with pytest.raises(Moved):
         await db.update_one(Lease.filter(name="gone"), Moved("gone"), holder="y")
+
+
+async def test_transactions_that_ran_nothing_before_their_commit_commit_together(
+    trips: Trips,
+) -> None:
+    async def one(name: str) -> None:
+        async with in_transaction():
+            await db.add(lease(name))
+            await db.add(lease(f"{name}-2"))
+
+    await asyncio.gather(*(one(f"t{i}") for i in range(20)))
+    # The first goes alone; the rest, which came while it was on the thread, go in the next.
+    assert trips.count <= 3
+    assert len(await holders()) == 40
+
+
+async def test_in_a_group_each_transaction_fails_or_commits_alone(trips: Trips) -> None:
+    await Lease.create(name="taken", holder="x", expires_at=WHEN)
+
+    async def good(name: str) -> None:
+        async with in_transaction():
+            await db.add(lease(name))
+            await db.add(lease(f"{name}-2"))
+
+    async def duplicate() -> None:
+        async with in_transaction():
+            await db.add(lease("dup-1"))  # rolled back with the duplicate after it
+            await db.add(lease("taken", "again"))
+
+    async def stale() -> None:
+        async with in_transaction():
+            await db.add(lease("stale-1"))
+            await db.update_one(Lease.filter(name="gone"), Moved("gone"), holder="y")
+
+    trips.count = 0
+    results = await asyncio.gather(
+        good("a"), duplicate(), good("b"), stale(), good("c"), return_exceptions=True
+    )
+    assert [results[i] for i in (0, 2, 4)] == [None, None, None]
+    assert isinstance(results[1], IntegrityError)
+    assert isinstance(results[3], Moved)
+    assert trips.count <= 2
+    assert set(await holders()) == {"taken", "a", "a-2", "b", "b-2", "c", "c-2"}
+    assert (await holders())["taken"] == "x"
+
+
+async def test_a_transaction_that_read_first_is_not_held_up_by_a_group(trips: Trips) -> None:
+    """A transaction that made a trip holds the connection until its own COMMIT; the grouped
+    ones wait for it, and nothing interleaves."""
+    await Lease.create(name="n", holder="0", expires_at=WHEN)
+
+    async def bump() -> None:
+        async with in_transaction():
+            row = await Lease.get(name="n")
+            await asyncio.sleep(0)
+            await Lease.filter(name="n").update(holder=str(int(row.holder) + 1))
+
+    async def add(name: str) -> None:
+        async with in_transaction():
+            await db.add(lease(name))
+
+    await asyncio.gather(*(bump() for _ in range(5)), *(add(f"g{i}") for i in range(10)))
+    leases = await holders()
+    assert leases["n"] == "5"
+    assert len(leases) == 11
