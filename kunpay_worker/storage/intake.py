@@ -3,8 +3,10 @@
 Every command lands exactly once per command id (the inbox). A command whose idempotency key
 already made a transaction is a duplicate when its content matches (nothing new is created) and a
 conflict otherwise (rejected by command id, the transaction untouched). A new transaction starts
-PENDING with a fresh uuid4 provider reference, its status row, ``payment.initiated`` and a first
-check in the outbox — or REJECTED with ``payment.rejected`` when a rule refused it.
+PENDING with a fresh uuid4 provider reference, its status row and ``payment.initiated`` in the
+outbox (the send schedules its first check; a row that must wait gets it here), born with its
+send claimed where the engine says that is safe (Engine.intake_claim) — or REJECTED with
+``payment.rejected`` when a rule refused it.
 
 The rules that depend on other rows run inside the same transaction, with those rows locked:
 a refund reserves its amount on the original (racing refunds can never exceed what was paid); a
