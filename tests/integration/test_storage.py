@@ -25,6 +25,7 @@ from kunpay_sdk.contracts import (
     transaction_id_for,
     validate_payment,
 )
+from kunpay_worker.engine import Engine
 from kunpay_worker.outbox import OutboxRelay
 from kunpay_worker.providers.base import AttemptRecord
 from kunpay_worker.settings import Settings
@@ -166,6 +167,27 @@ async def test_an_intake_can_claim_the_first_send_in_its_own_commit() -> None:
 
     again = await take_in(cmd, claim=60)
     assert (again.outcome, again.claimed) == (None, False)
+
+
+@pytest.mark.usefixtures("database")
+async def test_a_claim_too_close_to_its_end_sends_nothing_and_schedules_a_check() -> None:
+    """Engine._send never starts a call it could not finish inside the lease (the intake's
+    claim counts from the intake): it leaves the row to the check after the lease."""
+    cmd = command()
+    intake = await take_in(cmd, claim=1.0)  # a one-second lease, against a 60 s setting
+    assert intake.transaction is not None
+    engine = Engine(
+        settings=Settings(send_lease=60),
+        backends={},  # reaching the provider would raise: no backend
+        plan=PLAN,
+        notify=lambda: None,
+    )
+    assert await engine._send(intake.transaction, claimed=intake.transaction) is None
+    row = await Transaction.get(id=cmd.transaction_id)
+    assert (row.initiation, row.send_attempts, row.poll_seq) == (Initiation.SENDING, 1, 1)
+    polls = await OutboxMessage.filter(transaction_id=row.id, message_type="poll")
+    assert [m.headers["poll_seq"] for m in polls] == [1]
+    assert await ProviderAttempt.filter(transaction_id=row.id).count() == 0
 
 
 @pytest.mark.usefixtures("database")
