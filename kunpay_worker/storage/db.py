@@ -57,9 +57,11 @@ async def add(row: Model) -> None:
     """INSERT ``row`` in the current DB transaction, for a caller that needs no id the database
     generates (the row's generated primary key stays unset).
 
-    On SQLite the INSERT goes with the transaction's next statement or its COMMIT, in one trip
-    to the SQLite thread (kunpay_worker/storage/sqlite.py), so an error it meets (a duplicate
-    key) is raised there; the transaction rolls back either way. Elsewhere it runs now."""
+    Inside a DB transaction the INSERT waits for the transaction's next statement or its
+    COMMIT and goes with it: in the same trip to the SQLite thread
+    (kunpay_worker/storage/sqlite.py), or with the other writes put off as one statement on
+    PostgreSQL (kunpay_worker/storage/postgres.py). An error it meets (a duplicate key) is
+    raised there; the transaction rolls back either way. Outside one it runs now."""
     client = connections.get(row._meta.default_connection or "default")
     defer = getattr(client, "defer_next_insert", None)
     if defer is None:
@@ -76,10 +78,10 @@ async def update_one(query: QuerySet[Any], stale: BaseException, **values: Any) 
     """UPDATE the one row ``query`` selects, in the current DB transaction, or raise ``stale``
     when it selects none (a compare-and-set that lost).
 
-    On SQLite the UPDATE goes with the transaction's next statement or its COMMIT, in one trip
-    (kunpay_worker/storage/sqlite.py), and ``stale`` is raised there: the caller goes on as if
-    the row was written, and the whole transaction rolls back if it was not. Elsewhere, and
-    outside a DB transaction, it runs now."""
+    Inside a DB transaction the UPDATE waits for the transaction's next statement or its
+    COMMIT and goes with it, as ``add`` does, and ``stale`` is raised there: the caller goes
+    on as if the row was written, and the whole transaction rolls back if it was not. Outside
+    one it runs now."""
     client = connections.get("default")
     defer = getattr(client, "defer_next_update", None)
     if defer is None:

@@ -188,7 +188,7 @@ async def set_status(
             # The event's sequence goes with the status, in the compare-and-set itself.
             values["event_seq"] = tx.event_seq + 1
         if guard is not None:
-            # Decided on a row nobody locked: on SQLite the write waits for the commit's trip.
+            # Decided on a row nobody locked: the write waits for the commit (db.update_one).
             await db.update_one(
                 Transaction.filter(id=tx.id, status=current, **guard),
                 LostRace(f"{tx.id} moved since it was read"),
@@ -1136,7 +1136,7 @@ async def _store_attempts(rows: list[ProviderAttempt]) -> None:
 @asynccontextmanager
 async def attempts_held() -> AsyncIterator[None]:
     """An engine step: the provider exchanges it makes are stored in the DB transaction of the
-    state change they lead to (the send's answer, a check), which costs a SQLite worker no
+    state change they lead to (the send's answer, a check), which costs the worker no
     statement of their own; what no such transaction took is stored at the end of the step,
     whatever the way out."""
     held: list[ProviderAttempt] = []
