@@ -37,6 +37,7 @@ so there is nothing for that query to undo; asyncpg's documented way to change i
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -62,6 +63,13 @@ _RETURNING = re.compile(r"\s+RETURNING\s+[^()]*$", re.IGNORECASE)
 # What the combined statement casts to an integer when the UPDATE it names changed no row, to
 # fail the statement (and so undo all of it) with an error that says which one.
 _STALE = re.compile(r'"kunpay-stale-(\d+)/\d+"')
+# What a ROLLBACK on its way out may meet: the error that made it roll back is the one to raise.
+_GONE = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+)
 _CHECK = (
     "CASE WHEN (SELECT count(*) FROM w{n}) = 1 THEN 0"
     " ELSE ('kunpay-stale-{n}/' || (SELECT count(*) FROM w{n}))::int END"
@@ -173,7 +181,6 @@ class _TransactionWrapper(TransactionWrapper):
     def __init__(self, connection: AsyncpgDBClient) -> None:
         super().__init__(connection)
         parent = getattr(connection, "_owed", None)
-        self._nested = isinstance(parent, _Owed)
         self._owed: _Owed = parent if isinstance(parent, _Owed) else _Owed()
         self._savepoint: str | None = None
 
@@ -191,9 +198,9 @@ class _TransactionWrapper(TransactionWrapper):
 
     # -- sending what is owed ----------------------------------------------------------------
 
-    async def _send(self, writes: list[Write]) -> bool:
-        """The writes put off, as one statement where that is the same (True), else one by
-        one inside the transaction, which must have begun (False)."""
+    async def _send(self, writes: list[Write]) -> None:
+        """The writes put off, as one statement where that is the same, else one by one
+        inside the transaction, which must have begun then."""
         connection = self._connection
         combined = _combined(writes)
         if combined is None:
@@ -204,7 +211,7 @@ class _TransactionWrapper(TransactionWrapper):
                     raise _translated(exc) from exc
                 if stale is not None and _rows(status) != 1:
                     raise stale
-            return False
+            return
         query, values = combined
         try:
             await connection.fetch(query, *values)
@@ -213,7 +220,6 @@ class _TransactionWrapper(TransactionWrapper):
             if stale is not None:
                 raise stale from None
             raise _translated(exc) from exc
-        return True
 
     async def _caught_up(self) -> None:
         """Send what is owed, before a statement that must come after it."""
@@ -255,7 +261,7 @@ class _TransactionWrapper(TransactionWrapper):
         if not connection.is_closed() and connection.is_in_transaction():
             try:
                 await connection.execute("ROLLBACK")
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            except _GONE:
                 pass  # asyncpg's reset rolls it back as the connection goes back to the pool
 
     async def rollback(self) -> None:
@@ -289,7 +295,8 @@ class _TransactionWrapper(TransactionWrapper):
         try:
             await self._caught_up()  # a write put off inside it fails the savepoint alone
         except BaseException:
-            await self._connection.execute(f"ROLLBACK TO SAVEPOINT {self._savepoint}")
+            with contextlib.suppress(*_GONE):  # else the outer transaction fails next
+                await self._connection.execute(f"ROLLBACK TO SAVEPOINT {self._savepoint}")
             raise
         await self._connection.execute(f"RELEASE SAVEPOINT {self._savepoint}")
         self._savepoint = None
