@@ -18,11 +18,16 @@ statement and ``COMMIT``, six trips for the intake of a payment. So:
   statement is its own transaction (PostgreSQL runs a statement outside ``BEGIN`` atomically),
   one trip in all.
 
-A single statement of several ``WITH`` queries is not the same as the same statements in a row
-in two ways, and :func:`_combined` declines (they are then sent one by one) where it would
-matter: its queries all see the database as it was when it started, so none may be an UPDATE
-or DELETE of a table another one writes; and PostgreSQL checks foreign keys at the end of the
-statement, which only lets a row refer to one inserted by a sibling query.
+A single statement of several ``WITH`` queries differs from the same statements in a row in two
+ways. Its queries all see the database as it was when it started, so :func:`_combined` declines
+(they are then sent one by one) when an UPDATE or DELETE shares its table with another write.
+And PostgreSQL runs the queries nobody reads last first, so the statement reads each in turn:
+they run in the order they were made, drawing ids and meeting errors as they would one by one.
+Foreign keys are checked at the end of the statement, so a row may refer to one inserted by a
+query beside it.
+
+A transaction's COMMIT that PostgreSQL answers with ROLLBACK (a statement in it failed and the
+caller caught the error) raises rather than passing for a commit.
 
 asyncpg also resets a connection each time it returns to the pool: it rolls back a transaction
 left open, then runs ``Connection.get_reset_query()`` — by default ``SELECT
@@ -61,8 +66,9 @@ _PARAM = re.compile(r"\$(\d+)")
 _TARGET = re.compile(r'\s*(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+"([^"]+)"', re.IGNORECASE)
 _RETURNING = re.compile(r"\s+RETURNING\s+[^()]*$", re.IGNORECASE)
 # What the combined statement casts to an integer when the UPDATE it names changed no row, to
-# fail the statement (and so undo all of it) with an error that says which one.
-_STALE = re.compile(r'"kunpay-stale-(\d+)/\d+"')
+# fail the statement (and so undo all of it) with an error that says which one. The server's
+# message is in its own language (lc_messages) and quotes the value its own way.
+_STALE = re.compile(r"kunpay-stale-(\d+)/")
 # What a ROLLBACK on its way out may meet: the error that made it roll back is the one to raise.
 _GONE = (
     asyncpg.PostgresError,
@@ -74,6 +80,10 @@ _CHECK = (
     "CASE WHEN (SELECT count(*) FROM w{n}) = 1 THEN 0"
     " ELSE ('kunpay-stale-{n}/' || (SELECT count(*) FROM w{n}))::int END"
 )
+# PostgreSQL runs a data-modifying WITH query when the statement first reads it, and the ones
+# never read after all the others, last first: reading each, in order, runs them in order (the
+# ids they draw, the error met first).
+_RAN = "(SELECT count(*) FROM w{n})"
 
 
 class KunpayConnection(asyncpg.Connection):  # type: ignore[misc]
@@ -112,7 +122,7 @@ _shapes: dict[tuple[tuple[str, int, bool], ...], str | None] = {}
 
 def _combine(shape: tuple[tuple[str, int, bool], ...]) -> str | None:
     parts: list[str] = []
-    checks: list[int] = []
+    checks: list[str] = []
     written: dict[str, list[str]] = {}
     offset = 0
     for number, (query, count, counted) in enumerate(shape, 1):
@@ -127,16 +137,13 @@ def _combine(shape: tuple[tuple[str, int, bool], ...]) -> str | None:
             return f"${int(found.group(1)) + offset}"
 
         sql = _RETURNING.sub("", _PARAM.sub(renumbered, query.strip()))
-        if counted:
-            sql += " RETURNING 1"
-            checks.append(number)
-        parts.append(f"w{number} AS ({sql})")
+        parts.append(f"w{number} AS ({sql} RETURNING 1)")
+        checks.append((_CHECK if counted else _RAN).format(n=number))
         offset += count
     for verbs in written.values():
         if len(verbs) > 1 and any(verb != "INSERT" for verb in verbs):
             return None  # an UPDATE would not see the other write of its table
-    outcome = ", ".join(_CHECK.format(n=n) for n in checks)
-    return f"WITH {', '.join(parts)} SELECT {outcome or 1}"
+    return f"WITH {', '.join(parts)} SELECT {', '.join(checks)}"
 
 
 def _stale(exc: BaseException, writes: Sequence[Write]) -> BaseException | None:
@@ -163,13 +170,16 @@ class _Owed:
     """What the DB transaction has not sent yet: its ``BEGIN`` and the writes put off. Shared
     by the transaction and the savepoints nested in it."""
 
-    __slots__ = ("begin", "defer_next", "defer_update", "writes")
+    __slots__ = ("begin", "defer_next", "defer_update", "doomed", "writes")
 
     def __init__(self) -> None:
         self.begin = False
         self.writes: list[Write] = []
         self.defer_next = False
         self.defer_update: BaseException | None = None
+        # A compare-and-set sent on its own that changed no row: PostgreSQL saw no error, so
+        # the commit rolls back and raises it (the writes after it in its batch were not sent).
+        self.doomed: BaseException | None = None
 
     def take(self) -> tuple[bool, list[Write]]:
         begin, writes = self.begin, self.writes
@@ -183,6 +193,7 @@ class _TransactionWrapper(TransactionWrapper):
         parent = getattr(connection, "_owed", None)
         self._owed: _Owed = parent if isinstance(parent, _Owed) else _Owed()
         self._savepoint: str | None = None
+        self._doomed_before: BaseException | None = None
 
     def _in_transaction(self) -> TransactionContext:
         return NestedTransactionContext(_TransactionWrapper(self))
@@ -210,6 +221,7 @@ class _TransactionWrapper(TransactionWrapper):
                 except asyncpg.PostgresError as exc:
                     raise _translated(exc) from exc
                 if stale is not None and _rows(status) != 1:
+                    self._owed.doomed = stale
                     raise stale
             return
         query, values = combined
@@ -224,10 +236,13 @@ class _TransactionWrapper(TransactionWrapper):
     async def _caught_up(self) -> None:
         """Send what is owed, before a statement that must come after it."""
         begin, writes = self._owed.take()
-        if begin:
-            await self._connection.execute("BEGIN")
-        if writes:
-            await self._send(writes)  # one statement or several: inside the transaction
+        if not (begin or writes):
+            return
+        async with self._lock:  # Tortoise's: one statement at a time on the connection
+            if begin:
+                await self._connection.execute("BEGIN")
+            if writes:
+                await self._send(writes)  # one statement or several: inside the transaction
 
     # -- the transaction ---------------------------------------------------------------------
 
@@ -239,21 +254,33 @@ class _TransactionWrapper(TransactionWrapper):
             raise TransactionManagementError("Transaction already finalised")
         self._finalized = True
         begin, writes = self._owed.take()
-        if begin:
-            if not writes:
-                return  # nothing ran: nothing to commit
-            if _combined(writes) is not None:
-                # Nothing ran yet: the writes, as one statement, are the whole transaction.
-                await self._send(writes)
-                return
-            await self._connection.execute("BEGIN")
-        try:
-            if writes:
-                await self._send(writes)
-            await self._connection.execute("COMMIT")
-        except BaseException:
-            await self._abandon()
-            raise
+        async with self._lock:
+            if begin:
+                if not writes:
+                    return  # nothing ran: nothing to commit
+                if _combined(writes) is not None:
+                    # Nothing ran yet: the writes, as one statement, are the whole transaction.
+                    await self._send(writes)
+                    return
+                await self._connection.execute("BEGIN")
+            try:
+                await self._finish(writes)
+            except BaseException:
+                await self._abandon()
+                raise
+
+    async def _finish(self, writes: list[Write]) -> None:
+        """The last writes put off, then COMMIT, in a transaction that has begun."""
+        if writes:
+            await self._send(writes)
+        if self._owed.doomed is not None:
+            raise self._owed.doomed
+        if await self._connection.execute("COMMIT") != "COMMIT":
+            # PostgreSQL ends a transaction in which a statement failed with a ROLLBACK whatever
+            # it is told: that statement's error was caught, and nothing was written.
+            raise TransactionManagementError(
+                "the transaction was rolled back: a statement in it failed"
+            )
 
     async def _abandon(self) -> None:
         """Roll back what this transaction sent, if the connection still holds it."""
@@ -273,6 +300,7 @@ class _TransactionWrapper(TransactionWrapper):
 
     async def savepoint(self) -> None:
         await self._caught_up()
+        self._doomed_before = self._owed.doomed
         self._savepoint = f"kunpay_sp_{id(self):x}"
         await self._connection.execute(f"SAVEPOINT {self._savepoint}")
 
@@ -282,8 +310,10 @@ class _TransactionWrapper(TransactionWrapper):
         if self._savepoint is None:
             raise TransactionManagementError("No savepoint to rollback to")
         self._owed.writes.clear()  # put off inside the savepoint: rolled back unsent
+        self._owed.doomed = self._doomed_before  # what failed inside it is undone with it
         self._finalized = True
-        await self._connection.execute(f"ROLLBACK TO SAVEPOINT {self._savepoint}")
+        with contextlib.suppress(*_GONE):  # else the error that led here would be hidden
+            await self._connection.execute(f"ROLLBACK TO SAVEPOINT {self._savepoint}")
         self._savepoint = None
 
     async def release_savepoint(self) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from tortoise import Tortoise, connections
-from tortoise.exceptions import IntegrityError
+from tortoise.exceptions import IntegrityError, TransactionManagementError
 from tortoise.transactions import in_transaction
 
 from kunpay_worker.settings import Settings
@@ -361,3 +361,84 @@ async def test_concurrent_transactions_each_commit_or_fail_alone(sent: Sent) -> 
     assert names["n"] == "20"
     assert len(names) == 2 + 18 * 2
     assert {"p7", "p17"}.isdisjoint(names)
+
+
+async def test_writes_put_off_run_in_the_order_they_were_made(sent: Sent) -> None:
+    """Their generated ids follow that order (the outbox relay publishes a transaction's rows
+    by id), and the first error met is the first write's."""
+    async with in_transaction():
+        for attempts in (1, 2, 3, 4):
+            await db.add(message(attempts))
+    async with in_transaction():
+        await db.add(message(5))
+        await Lease.all().count()
+        await db.add(message(6))
+        await db.add(message(7))
+    rows = await OutboxMessage.all().order_by("id")
+    assert [row.attempts for row in rows] == [1, 2, 3, 4, 5, 6, 7]
+
+    await Lease.create(name="a", holder="x", expires_at=WHEN)
+
+    async def duplicate_then_stale() -> None:
+        async with in_transaction():
+            await db.add(lease("a", "again"))
+            await db.update_one(OutboxMessage.filter(id=-1), Moved("never there"), attempts=0)
+
+    with pytest.raises(IntegrityError):
+        await duplicate_then_stale()
+
+
+async def test_a_lost_compare_and_set_that_was_caught_still_fails_the_commit(sent: Sent) -> None:
+    """Sent on its own (its table has another write), it changed no row without an error from
+    PostgreSQL: a caller that catches its exception cannot commit half of the writes."""
+    await Lease.create(name="a", holder="x", expires_at=WHEN)
+
+    async def caught() -> None:
+        async with in_transaction():
+            await db.add(lease("b"))
+            await db.update_one(Lease.filter(name="a", holder="w"), Moved("a moved"), holder="y")
+            await db.add(lease("c"))
+            with pytest.raises(Moved):
+                await Lease.all().count()  # the writes go here, the UPDATE changes nothing
+            await db.add(lease("d"))
+
+    with pytest.raises(Moved, match="a moved"):
+        await caught()
+    assert await holders() == {"a": "x"}
+    assert not await in_transaction_now()
+
+
+async def test_a_statement_error_that_was_caught_fails_the_commit(sent: Sent) -> None:
+    """PostgreSQL answers COMMIT with ROLLBACK once a statement failed in the transaction:
+    that is raised, not taken for a commit."""
+    await Lease.create(name="a", holder="x", expires_at=WHEN)
+
+    async def caught() -> None:
+        async with in_transaction():
+            await Lease.filter(name="a").update(holder="y")
+            with pytest.raises(IntegrityError):
+                await Lease.create(name="a", holder="again", expires_at=WHEN)
+
+    with pytest.raises(TransactionManagementError, match="rolled back"):
+        await caught()
+    assert await holders() == {"a": "x"}
+    assert not await in_transaction_now()
+
+
+async def test_a_lost_compare_and_set_inside_a_savepoint_rolled_back_is_undone_with_it(
+    sent: Sent,
+) -> None:
+    await Lease.create(name="a", holder="x", expires_at=WHEN)
+
+    async def inner() -> None:
+        async with in_transaction():
+            await db.add(lease("b"))
+            await db.update_one(Lease.filter(name="a", holder="w"), Moved("a moved"), holder="y")
+            await Lease.all().count()
+
+    async with in_transaction():
+        await db.add(lease("outer"))
+        with pytest.raises(Moved):
+            await inner()
+        await db.add(lease("after"))
+    assert await holders() == {"a": "x", "outer": "x", "after": "x"}

@@ -22,18 +22,20 @@ def test_values_are_numbered_on_and_returning_dropped() -> None:
     assert combined is not None
     sql, values = combined
     assert values == ["E", "{}", "OK", "t", "P"]
-    assert sql.startswith(
-        'WITH w1 AS (INSERT INTO "outbox" ("kind","body") VALUES ($1,$2)), '
+    assert sql == (
+        'WITH w1 AS (INSERT INTO "outbox" ("kind","body") VALUES ($1,$2) RETURNING 1), '
         'w2 AS (UPDATE "transactions" SET "status"=$3 WHERE "id"=$4 AND "status"=$5 RETURNING 1) '
-        "SELECT CASE WHEN (SELECT count(*) FROM w2) = 1"
+        # Each part read in turn, so that they run in order; the UPDATE's count checked.
+        "SELECT (SELECT count(*) FROM w1), CASE WHEN (SELECT count(*) FROM w2) = 1 THEN 0 "
+        "ELSE ('kunpay-stale-2/' || (SELECT count(*) FROM w2))::int END"
     )
     assert 'RETURNING "id"' not in sql  # no generated id is read back (db.add's contract)
 
 
-def test_inserts_alone_are_checked_for_nothing() -> None:
+def test_inserts_alone_are_read_in_order_and_checked_for_nothing() -> None:
     combined = _combined([(INSERT, [1, 2], None), (INSERT, [3, 4], None)])
     assert combined is not None
-    assert combined[0].endswith(" SELECT 1")
+    assert combined[0].endswith(" SELECT (SELECT count(*) FROM w1), (SELECT count(*) FROM w2)")
 
 
 def test_declined_where_one_statement_could_differ() -> None:
@@ -55,6 +57,11 @@ def test_the_error_of_a_stale_update_names_it() -> None:
         'invalid input syntax for type integer: "kunpay-stale-3/0"'
     )
     assert _stale(error, writes) is second
+    # The server's own language and quotes (lc_messages = 'fr_FR.UTF-8').
+    french = asyncpg.exceptions.InvalidTextRepresentationError(
+        "syntaxe en entrée invalide pour le type integer : « kunpay-stale-1/0 »"
+    )
+    assert _stale(french, writes) is first
     other = asyncpg.exceptions.InvalidTextRepresentationError(
         'invalid input syntax for type uuid: "nope"'
     )
