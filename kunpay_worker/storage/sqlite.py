@@ -13,7 +13,8 @@ worker that convoy, not SQLite, limits throughput (README, Performance). So:
   update_one` (a compare-and-set whose caller goes on as if it held), wait for the
   transaction's next statement or its ``COMMIT`` and go in the same trip, in order. An error
   one meets (a duplicate key; the UPDATE's exception when it changed no row) is raised there,
-  and the transaction is rolled back as for any error;
+  and the transaction is rolled back as for any error (the writes after it were not sent: its
+  commit raises the error again even if the caller caught it);
 * the connection's lock is taken at the transaction's first trip, not on entering it;
 * a transaction that reaches its ``COMMIT`` without a trip (every statement put off: the
   intake of a payment, the record of a send or of a check's final answer) takes no lock of
@@ -55,13 +56,25 @@ class _Owed:
     """What the DB transaction has not sent yet: its ``BEGIN`` and the INSERTs put off.
     Shared by the transaction and the savepoints nested in it."""
 
-    __slots__ = ("begin", "defer_next", "defer_update", "group", "held", "lock", "writes")
+    __slots__ = (
+        "begin",
+        "defer_next",
+        "defer_update",
+        "doomed",
+        "group",
+        "held",
+        "lock",
+        "writes",
+    )
 
     def __init__(self, lock: asyncio.Lock, group: _GroupCommit) -> None:
         self.begin = False
         self.writes: list[Write] = []
         self.defer_next = False
         self.defer_update: BaseException | None = None
+        # A write put off that failed on its way, the writes after it unsent: even if its
+        # caller caught the error, the commit rolls back and raises it.
+        self.doomed: BaseException | None = None
         self.lock = lock  # the connection's: one DB transaction on it at a time
         self.held = False
         self.group = group
@@ -84,10 +97,21 @@ def _catch_up(conn: sqlite3.Connection, begin: bool, writes: list[Write]) -> Non
             raise stale
 
 
+class _PutOff(Exception):
+    """What a write put off met, on its way with another statement."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 def _then(
     conn: sqlite3.Connection, begin: bool, writes: list[Write], call: Callable[..., T], *args: Any
 ) -> T:
-    _catch_up(conn, begin, writes)
+    try:
+        _catch_up(conn, begin, writes)
+    except Exception as exc:
+        raise _PutOff(exc) from exc
     return call(*args)
 
 
@@ -250,6 +274,7 @@ class _TransactionWrapper(SqliteTransactionWrapper):
         else:
             assert isinstance(connection, KunpaySqliteClient)  # noqa: S101 - _in_transaction's
             self._owed = _Owed(connection._lock, connection._group)
+        self._doomed_before: BaseException | None = None
 
     async def _hold(self) -> None:
         """Take the connection's lock before the transaction's first trip."""
@@ -282,7 +307,11 @@ class _TransactionWrapper(SqliteTransactionWrapper):
         await self._hold()
         begin, writes = self._owed.take()
         if begin or writes:
-            return await run(_then, connection._conn, begin, writes, call, *args)
+            try:
+                return await run(_then, connection._conn, begin, writes, call, *args)
+            except _PutOff as put_off:
+                self._owed.doomed = put_off.error
+                raise put_off.error from None
         return await run(call, *args)
 
     async def _statement(self, sql: str) -> None:
@@ -307,6 +336,9 @@ class _TransactionWrapper(SqliteTransactionWrapper):
             return
         run: Callable[..., Awaitable[None]] = self._connection._execute
         await self._hold()
+        if self._owed.doomed is not None:
+            await self._connection.rollback()
+            raise _translated(self._owed.doomed)
         try:
             await run(_finish, self._connection._conn, begin, writes)
         except sqlite3.IntegrityError as exc:
@@ -327,6 +359,7 @@ class _TransactionWrapper(SqliteTransactionWrapper):
     async def savepoint(self) -> None:
         self._savepoint = f"kunpay_sp_{id(self):x}"
         await self._statement(f"SAVEPOINT {self._savepoint}")
+        self._doomed_before = self._owed.doomed
 
     async def savepoint_rollback(self) -> None:
         if self._finalized:
@@ -334,6 +367,7 @@ class _TransactionWrapper(SqliteTransactionWrapper):
         if self._savepoint is None:
             raise TransactionManagementError("No savepoint to rollback to")
         self._owed.writes.clear()  # put off inside the savepoint: rolled back unsent
+        self._owed.doomed = self._doomed_before  # what failed inside it is undone with it
         await self._statement(f"ROLLBACK TO {self._savepoint}")
         self._savepoint = None
         self._finalized = True

@@ -360,3 +360,51 @@ async def test_a_transaction_that_read_first_is_not_held_up_by_a_group(trips: Tr
     leases = await holders()
     assert leases["n"] == "5"
     assert len(leases) == 11
+
+
+async def test_a_write_put_off_that_failed_fails_the_commit_even_if_caught(trips: Trips) -> None:
+    """The writes after it were never sent: a caller that catches its error cannot commit the
+    half that was."""
+    await Lease.create(name="a", holder="x", expires_at=WHEN)
+
+    async def caught_stale() -> None:
+        async with in_transaction():
+            await db.add(lease("b"))
+            await db.update_one(Lease.filter(name="a", holder="w"), Moved("a moved"), holder="y")
+            await db.add(lease("c"))
+            with pytest.raises(Moved):
+                await Lease.all().count()
+            await db.add(lease("d"))
+
+    async def caught_duplicate() -> None:
+        async with in_transaction():
+            await db.add(lease("b"))
+            await db.add(lease("a", "again"))
+            await db.add(lease("c"))
+            with pytest.raises(IntegrityError):
+                await Lease.all().count()
+
+    with pytest.raises(Moved, match="a moved"):
+        await caught_stale()
+    with pytest.raises(IntegrityError):
+        await caught_duplicate()
+    assert await holders() == {"a": "x"}
+
+
+async def test_a_write_that_failed_inside_a_savepoint_rolled_back_is_undone_with_it(
+    trips: Trips,
+) -> None:
+    await Lease.create(name="a", holder="x", expires_at=WHEN)
+
+    async def inner() -> None:
+        async with in_transaction():
+            await db.add(lease("b"))
+            await db.update_one(Lease.filter(name="a", holder="w"), Moved("a moved"), holder="y")
+            await Lease.all().count()
+
+    async with in_transaction():
+        await db.add(lease("outer"))
+        with pytest.raises(Moved):
+            await inner()
+        await db.add(lease("after"))
+    assert await holders() == {"a": "x", "outer": "x", "after": "x"}
